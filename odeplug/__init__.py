@@ -1,0 +1,85 @@
+"""odeplug: faster training of neural ODEs and SDEs in PyTorch, through pluggable gradient rules.
+
+The core holds the nouns (abstract types), the verbs (generic functions) and plugin loading.
+Every numerical method is a plugin found through the entry-point group ``odeplug.plugins``;
+plugin-provided names (``Dopri5``, ``RMSNorm``, ``Direct``, …) are looked up lazily here.
+
+    import odeplug as op
+    sol = op.solve(op.ODEProblem(f, y0, ts), op.Dopri5(rtol=1e-6, atol=1e-8), op.Direct())
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._dispatch import register, resolve
+from ._errors import (
+    InvalidArgumentError,
+    InvalidOptionError,
+    NonFiniteStateError,
+    OdeplugError,
+    PluginError,
+    SolveError,
+    StepBudgetExhaustedError,
+    StepSizeUnderflowError,
+    UnsupportedCombinationError,
+)
+from ._layout import Block, Layout
+from ._nouns import (
+    GradientRule,
+    Norm,
+    Quadrature,
+    Solver,
+    WienerApproximation,
+    configuration,
+    final,
+)
+from ._plugins import PluginInfo, PluginLoadWarning, export, plugins
+from ._problem import ODEProblem, Problem
+from ._solution import Solution, Stats
+from ._solve import solve
+from ._stepping import Counts, Step, Stepper, StepState, VectorField, advance
+from ._integrate import integrate, solver_times
+from ._verbs import make_stepper, norm, quadrature, sample, terms, wong_zakai
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # front door
+    "solve", "ODEProblem", "Problem", "Solution", "Stats",
+    # abstract nouns
+    "Solver", "Norm", "GradientRule", "Quadrature", "WienerApproximation",
+    # verbs and extension
+    "register", "resolve", "export", "plugins", "PluginInfo", "PluginLoadWarning",
+    "make_stepper", "norm", "quadrature", "terms", "sample", "wong_zakai",
+    "configuration", "final",
+    # the stepping contract
+    "Layout", "Block", "VectorField", "Stepper", "StepState", "Step", "Counts", "advance",
+    "integrate", "solver_times",
+    # errors
+    "OdeplugError", "InvalidArgumentError", "InvalidOptionError", "UnsupportedCombinationError",
+    "PluginError", "SolveError", "NonFiniteStateError", "StepSizeUnderflowError",
+    "StepBudgetExhaustedError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Plugin-provided names are found lazily so that `import odeplug` stays cheap and a broken
+    # plugin cannot break the import.
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from ._plugins import exported
+
+    names = exported()
+    if name in names:
+        return names[name]
+    raise AttributeError(
+        f"module 'odeplug' has no attribute {name!r}. Names from plugins: "
+        f"{', '.join(sorted(names)) or '(none loaded)'}; see `odeplug plugins`."
+    )
+
+
+def __dir__() -> list[str]:
+    from ._plugins import exported
+
+    return sorted(set(__all__) | set(exported()))

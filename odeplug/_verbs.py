@@ -1,0 +1,48 @@
+"""The verbs: odeplug's generic functions. Plugins add methods with :func:`odeplug.register`."""
+
+from __future__ import annotations
+
+from ._dispatch import generic
+
+__all__ = ["solve", "make_stepper", "norm", "quadrature", "terms", "sample", "wong_zakai"]
+
+
+@generic
+def solve(problem, solver, rule):
+    """Solve ``problem`` with ``solver``, differentiating with ``rule``; return a Solution.
+
+    Methods are registered per (problem type, solver type, rule type). The rule owns the loop.
+    Keyword options given to :func:`odeplug.solve` are passed on to the method, which must
+    reject any it does not know.
+    """
+
+
+@generic
+def make_stepper(solver, field, layout):
+    """A :class:`Stepper` for ``solver`` on the flat :class:`VectorField` ``field`` whose state
+    has :class:`Layout` ``layout``. Called once per solve (and once per backward solve)."""
+
+
+@generic
+def norm(norm, x, layout):
+    """The size of the flat scaled error ``x`` (a 0-d tensor), knowing its block ``layout``."""
+
+
+@generic
+def quadrature(rule, n):
+    """``(nodes, weights)`` of the n-point rule on [-1, 1], as float64 tensors."""
+
+
+@generic
+def terms(policy, nfe, interval, span):
+    """How many quadrature nodes to use on an output interval (quadrature adjoints)."""
+
+
+@generic
+def sample(approximation, like, t0, t1):
+    """Draw a path of a :class:`WienerApproximation` (keyword ``generator=``)."""
+
+
+@generic
+def wong_zakai(problem, approximation):
+    """The ODE whose solution converges to the Stratonovich SDE ``problem`` (Wong–Zakai)."""

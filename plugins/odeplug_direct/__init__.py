@@ -1,0 +1,52 @@
+"""The Direct gradient rule: backpropagate through the solver's own operations.
+
+Discretise-then-optimise: the gradient is the exact derivative of the computed solution. The
+graph holds the accepted steps only (a rejected attempt is dropped before the next one starts)
+and step sizes are treated as constants, as in torchdiffeq's ``odeint``. Memory grows with the
+number of steps; the adjoint rules and ACA trade that memory for recomputation.
+"""
+
+from __future__ import annotations
+
+import odeplug
+from odeplug import (
+    Counts,
+    GradientRule,
+    ODEProblem,
+    Solution,
+    Solver,
+    Stats,
+    VectorField,
+    configuration,
+)
+from odeplug._solve import reject_options
+
+__all__ = ["Direct", "register"]
+
+
+@configuration
+class Direct(GradientRule):
+    """Backpropagation through the solver (torchdiffeq's ``odeint``; diffrax's
+    ``RecursiveCheckpointAdjoint`` without checkpointing). Exact gradients of the discrete
+    solution; memory proportional to the number of accepted steps."""
+
+
+def solve_direct(problem: ODEProblem, solver: Solver, rule: Direct, **options) -> Solution:
+    reject_options("solve(ODEProblem, Solver, Direct)", options)
+    field = VectorField(problem.flat_field(), problem.direction)
+    stepper = odeplug.make_stepper(solver, field, problem.layout)
+    counts = Counts()
+    s = odeplug.solver_times(problem.ts, problem.direction)
+    ys, _ = odeplug.integrate(stepper, problem.flat_y0(), s, counts)
+    stats = Stats(nfe=field.nfe, steps_accepted=counts.accepted, steps_rejected=counts.rejected)
+    return Solution(problem.unflatten(ys), problem.ts, stats)
+
+
+def register() -> None:
+    """The plugin's hook."""
+
+    @odeplug.register
+    def solve(problem: ODEProblem, solver: Solver, rule: Direct, **options):
+        return solve_direct(problem, solver, rule, **options)
+
+    odeplug.export(Direct)

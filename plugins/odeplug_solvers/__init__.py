@@ -1,0 +1,27 @@
+"""odeplug's built-in solvers: one explicit Runge–Kutta engine, each method a tableau.
+
+Adaptive: :class:`Dopri5` (default), :class:`Tsit5`, :class:`Bosh3`. Fixed step: :class:`Euler`,
+:class:`Midpoint`, :class:`RK4`. Add a method by writing a :class:`ButcherTableau` and a
+configuration class subclassing :class:`AdaptiveRungeKutta` or :class:`FixedStepRungeKutta`.
+"""
+
+from ._solvers import (
+    AdaptiveRungeKutta,
+    Bosh3,
+    Dopri5,
+    Euler,
+    FixedStepRungeKutta,
+    Midpoint,
+    RK4,
+    RungeKutta,
+    Tsit5,
+    register,
+)
+from ._stepper import RungeKuttaStepper
+from ._tableau import ButcherTableau, hermite_dense_output, linear_dense_output
+
+__all__ = [
+    "AdaptiveRungeKutta", "Bosh3", "ButcherTableau", "Dopri5", "Euler", "FixedStepRungeKutta",
+    "Midpoint", "RK4", "RungeKutta", "RungeKuttaStepper", "Tsit5", "hermite_dense_output",
+    "linear_dense_output", "register",
+]
