@@ -80,7 +80,10 @@ class Stepper(Noun):
        is ``(accepted, finite, step_size_ok, reached)`` as Python bools, read from one tensor
        (one device synchronisation per attempt); ``reached`` means ``new_state.t >= t_target``.
        A rejected attempt must leave nothing in the autograd graph, and step-size arithmetic is
-       never differentiated (keep ``h`` detached).
+       never differentiated (keep ``h`` detached). With ``land=True`` the step is shortened so
+       that it ends exactly on ``t_target`` if it would pass it (a jump in the solution happens
+       there, e.g. the adjoint's dL/dy(t_k)); after an accepted shortened step, the next step
+       size is at least the one proposed before shortening, so a jump does not cost a new start.
     3. ``interpolate(step, t)`` evaluates the dense output at solver time ``t`` in
        ``[step.t0, step.t1]``, differentiably in the step's tensors and ``t``.
     4. ``restart(state, y)`` replaces the state at the same time (a jump: the adjoint's
@@ -101,7 +104,7 @@ class Stepper(Noun):
 
     @abc.abstractmethod
     def attempt(
-        self, state: StepState, t_target: torch.Tensor
+        self, state: StepState, t_target: torch.Tensor, land: bool = False
     ) -> tuple[StepState, Step | None, tuple[bool, bool, bool, bool]]: ...
 
     @abc.abstractmethod
@@ -132,11 +135,13 @@ def advance(
     counts: Counts,
     on_step: Callable[[Step], None] | None = None,
     last: Step | None = None,
+    land: bool = False,
 ) -> tuple[StepState, Step | None]:
     """Step until ``state.t >= t_target``; return the state and the last accepted step.
 
     ``on_step`` sees every accepted step (checkpointing, per-step quadrature). ``last`` is the
     step already covering ``t_target``, if the caller has one: then nothing is attempted.
+    ``land=True`` ends the last step exactly on ``t_target`` (see :meth:`Stepper.attempt`).
     """
     if last is not None and bool(state.t >= t_target):
         return state, last
@@ -150,7 +155,7 @@ def advance(
                 f"short of t={float(stepper.field.to_user_time(t_target)):.6g}. Raise the solver's "
                 "max_steps, loosen rtol/atol, or check the problem for stiffness or blow-up."
             )
-        new_state, step, status = stepper.attempt(state, t_target)
+        new_state, step, status = stepper.attempt(state, t_target, land)
         accepted, finite, size_ok, reached = status
         if not finite:
             where = float(stepper.field.to_user_time(state.t))

@@ -127,12 +127,18 @@ class RungeKuttaStepper(Stepper):
         return torch.stack(ks), yi
 
     def attempt(
-        self, state: StepState, t_target: torch.Tensor
+        self, state: StepState, t_target: torch.Tensor, land: bool = False
     ) -> tuple[StepState, Step | None, tuple[bool, bool, bool, bool]]:
-        t0, y0, f0, dt = state
+        t0, y0, f0, proposed = state
         if not self.adaptive:
-            return self._fixed_attempt(state, t_target)
-        t1 = t0 + dt
+            return self._fixed_attempt(state, t_target, land)
+        if land:
+            shortened = t0 + proposed > t_target
+            dt = torch.where(shortened, t_target - t0, proposed)
+            t1 = torch.where(shortened, t_target, t0 + dt)
+        else:
+            dt = proposed
+            t1 = t0 + dt
         stages, last_input = self._stages(t0, y0, f0, dt, t1)
         dty = dt.to(y0.dtype)
         coef = self._coef
@@ -146,6 +152,8 @@ class RungeKuttaStepper(Stepper):
             floor = torch.where(accept, torch.ones_like(ratio64), torch.full_like(ratio64, _DFACTOR))
             factor = torch.clamp(torch.maximum(_SAFETY / ratio64 ** (1.0 / self.order), floor), max=_IFACTOR)
             dt_next = (dt * factor).detach()
+            if land:
+                dt_next = torch.where(accept & shortened, torch.maximum(dt_next, proposed), dt_next)
             t_next = torch.where(accept, t1, t0)
             status = torch.stack(
                 [accept, torch.isfinite(y1).all(), t1 > t0, t_next >= t_target]
@@ -158,10 +166,10 @@ class RungeKuttaStepper(Stepper):
         return StepState(t0, y0, f0, dt_next), None, (False, finite, size_ok, reached)
 
     def _fixed_attempt(
-        self, state: StepState, t_target: torch.Tensor
+        self, state: StepState, t_target: torch.Tensor, land: bool
     ) -> tuple[StepState, Step | None, tuple[bool, bool, bool, bool]]:
         t0, y0, f0, dt = state
-        remaining = self._t_end - t0
+        remaining = (t_target if land else self._t_end) - t0
         # Land exactly on the end time instead of overshooting it or leaving a sliver.
         h = torch.where(remaining <= dt * (1 + 1e-9), remaining, dt).detach()
         t1 = t0 + h
