@@ -1,0 +1,29 @@
+"""The adaptive checkpoint adjoint (ACA) gradient rule, as a plugin.
+
+Zhuang, Dvornek, Li, Tatikonda, Papademetris & Duncan, "Adaptive Checkpoint Adjoint Method for
+Gradient Estimation in Neural ODE", ICML 2020. ``ACA()`` gives the Direct rule's gradients
+(discretise-then-optimise) with the memory of one step's graph plus one checkpoint per accepted
+step; ``ACA(max_checkpoints=B)`` stores at most B checkpoints and recomputes between them.
+The plugin also registers the bench task ``aca`` (memory and time against Direct and Adjoint).
+"""
+
+from __future__ import annotations
+
+import odeplug
+from odeplug import ODEProblem, Solver
+
+from ._aca import ACA, solve_aca
+
+__all__ = ["ACA", "solve_aca", "register"]
+
+
+def register() -> None:
+    """The plugin's hook: ``solve(ODEProblem, Solver, ACA)``, the name ``ACA``, the bench task."""
+
+    @odeplug.register
+    def solve(problem: ODEProblem, solver: Solver, rule: ACA, **options):
+        return solve_aca(problem, solver, rule, **options)
+
+    odeplug.export(ACA)
+
+    from . import _bench  # noqa: F401  (registers the `odeplug bench aca` task)

@@ -1,0 +1,351 @@
+"""The adaptive checkpoint adjoint: checkpoint every accepted step, backpropagate one step at a time.
+
+Zhuang, Dvornek, Li, Tatikonda, Papademetris & Duncan, "Adaptive Checkpoint Adjoint Method for
+Gradient Estimation in Neural ODE", ICML 2020.
+
+Forward (no graph): the solver runs as usual; for every accepted step i (from s_i to s_i + h_i)
+the checkpoint (s_i, y_i, h_i) is kept and nothing else (not the stages). Each step is computed
+once. Backward: for i = n−1, …, 0 the step is recomputed from its checkpoint with a graph,
+``step_from(s_i, y_i, h_i)``, which reproduces the forward's y_{i+1} bit for bit, and one
+vector–Jacobian product pulls the adjoint back through it:
+
+    a_i = (∂y_{i+1}/∂y_i)ᵀ a_{i+1} + Σ_{k in step i} (∂ŷ(s_k)/∂y_i)ᵀ ∂L/∂y(s_k),
+
+with the same product giving the step's contribution to dL/dθ, to dL/ds_k through the dense
+output ŷ, and to dL/ds_0 through the step's start time s_i = s_0 + Σ_{j<i} h_j (the h_j are
+constants, as in the Direct rule). The gradients are therefore those of the Direct rule (the
+exact derivative of the computed solution), with the memory of one step's graph plus the
+checkpoints.
+
+With ``max_checkpoints = B`` only every k-th checkpoint is kept (k doubles whenever more than B
+would be stored); the backward recomputes the states of a segment without a graph from its
+kept checkpoint and the recorded step sizes, then backpropagates through it step by step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+import odeplug
+from odeplug import (
+    Counts,
+    GradientRule,
+    ODEProblem,
+    Solution,
+    Solver,
+    Stats,
+    Step,
+    Stepper,
+    StepState,
+    VectorField,
+    configuration,
+    final,
+)
+from odeplug._solve import reject_options
+
+__all__ = ["ACA", "solve_aca"]
+
+# Per accepted step ACA also keeps three float64 scalars: start time, step size, end time.
+_TIME_BYTES_PER_STEP = 3 * 8
+
+
+def _budget(instance: Any, attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise odeplug.InvalidOptionError(
+            f"ACA: max_checkpoints must be None (keep every accepted step) or a positive int, "
+            f"got {value!r}; e.g. ACA(max_checkpoints=64)."
+        )
+
+
+@configuration
+class ACA(GradientRule):
+    """The adaptive checkpoint adjoint (Zhuang et al., ICML 2020).
+
+    Forward without a graph, keeping a checkpoint (t_i, y_i, h_i) per accepted step; backward
+    walks the steps in reverse, recomputes each from its checkpoint with a graph and applies one
+    vector–Jacobian product::
+
+        a_i = (∂y_{i+1}/∂y_i)ᵀ a_{i+1} + Σ_{t_k in step i} (∂y(t_k)/∂y_i)ᵀ ∂L/∂y(t_k)
+        dL/dθ = Σ_i (∂y_{i+1}/∂θ)ᵀ a_{i+1} + …,   dL/dt_0 = Σ_i ∂(step i)/∂t_i
+
+    Gradients equal the Direct rule's (discretise-then-optimise: exact for the computed
+    solution, including dL/dt for every output time) at the memory of one step's graph plus
+    the checkpoints, for about one extra forward solve of work.
+
+    Options:
+        max_checkpoints: at most this many state checkpoints are stored (default ``None``: one
+            per accepted step). Fewer are kept by storing every k-th one (k = 1, 2, 4, …); the
+            backward then recomputes the k − 1 states between two checkpoints (counted in
+            ``stats["nfe_recompute"]``).
+
+    Stats: ``nfe``, ``steps_accepted``, ``steps_rejected``, ``checkpoints`` (stored states),
+    ``checkpoint_bytes_peak`` (state checkpoints plus three float64 times per step; after
+    backward also the states of a recomputed segment), and after ``backward()``:
+    ``nfe_backward`` (all evaluations of the backward, recomputation included),
+    ``nfe_recompute`` and ``steps_backward``.
+    """
+
+    max_checkpoints: int | None = attrs.field(default=None, validator=_budget)
+
+
+@final
+class _StepSizeRecorder(Stepper):
+    """Delegates to the solver's stepper and remembers the step size of the last attempt.
+
+    A :class:`odeplug.Step` carries ``t0`` and ``t1`` but not ``h``, and ``t1 − t0`` is not ``h``
+    in floating point, while ``step_from`` needs the very ``h`` of the forward to reproduce its
+    ``y1`` bit for bit.
+    """
+
+    __slots__ = ("inner", "field", "max_steps", "order", "h")
+
+    def __init__(self, inner: Stepper) -> None:
+        self.inner = inner
+        self.field = inner.field
+        self.max_steps = inner.max_steps
+        self.order = inner.order
+        self.h: torch.Tensor | None = None
+
+    def start(self, t0: torch.Tensor, y0: torch.Tensor, t_end: torch.Tensor) -> StepState:
+        return self.inner.start(t0, y0, t_end)
+
+    def attempt(self, state: StepState, t_target: torch.Tensor, land: bool = False):
+        self.h = state.h
+        return self.inner.attempt(state, t_target, land)
+
+    def interpolate(self, step: Step, t: torch.Tensor) -> torch.Tensor:
+        return self.inner.interpolate(step, t)
+
+    def restart(self, state: StepState, y: torch.Tensor) -> StepState:
+        return self.inner.restart(state, y)
+
+    def step_from(self, t0: torch.Tensor, y0: torch.Tensor, h: torch.Tensor) -> Step:
+        return self.inner.step_from(t0, y0, h)
+
+
+class _Tape:
+    """What one ACA solve keeps between its forward and its backward (not the tensors saved
+    for backward, which go through ``ctx.save_for_backward`` so autograd frees them)."""
+
+    __slots__ = ("stepper", "budget", "stats", "kept_index", "state_bytes", "n_steps",
+                 "n_params", "_pending")
+
+    def __init__(self, stepper: Stepper, budget: int | None, stats: Stats, n_params: int) -> None:
+        self.stepper = stepper
+        self.budget = budget
+        self.stats = stats
+        self.n_params = n_params
+        self.kept_index: list[int] = []
+        self.state_bytes = 0
+        self.n_steps = 0
+        self._pending: tuple[torch.Tensor, ...] = ()
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, y0: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        recorder = _StepSizeRecorder(self.stepper)
+        counts = Counts()
+        budget = self.budget
+        kept_index: list[int] = []
+        kept_y: list[torch.Tensor] = []
+        t0s: list[torch.Tensor] = []
+        t1s: list[torch.Tensor] = []
+        hs: list[torch.Tensor] = []
+        stride = 1
+        peak_states = 0
+
+        def on_step(step: Step) -> None:
+            nonlocal stride, peak_states
+            j = len(t0s)
+            h = recorder.h
+            # A step of the proposed size ends at t1 = t0 + h. A step shortened to land on a time
+            # (a fixed-step solver's end time) ends there, at t1 = t0 + (t1 − t0).
+            h = torch.where(step.t0 + h == step.t1, h, step.t1 - step.t0)
+            t0s.append(step.t0)
+            t1s.append(step.t1)
+            hs.append(h)
+            if j % stride == 0:
+                kept_index.append(j)
+                kept_y.append(step.y0)
+                peak_states = max(peak_states, len(kept_y))
+                if budget is not None and len(kept_y) > budget:
+                    stride *= 2
+                    keep = [i for i, index in enumerate(kept_index) if index % stride == 0]
+                    kept_index[:] = [kept_index[i] for i in keep]
+                    kept_y[:] = [kept_y[i] for i in keep]
+
+        ys, _ = odeplug.integrate(recorder, y0, s, counts, on_step)
+        field = self.stepper.field
+        self.n_steps = len(t0s)
+        self.kept_index = kept_index
+        self.state_bytes = y0.numel() * y0.element_size()
+        self.stats.update(
+            nfe=field.nfe,
+            steps_accepted=counts.accepted,
+            steps_rejected=counts.rejected,
+            checkpoints=len(kept_y),
+            checkpoint_bytes_peak=peak_states * self.state_bytes + self.n_steps * _TIME_BYTES_PER_STEP,
+        )
+        self._pending = (torch.stack(t0s), torch.stack(hs), torch.stack(t1s), *kept_y)
+        return ys
+
+    def take_saved(self) -> tuple[torch.Tensor, ...]:
+        saved, self._pending = self._pending, ()
+        return saved
+
+    # -- backward ------------------------------------------------------------------------------
+    def backward(
+        self,
+        grad_ys: torch.Tensor,
+        s: torch.Tensor,
+        params: tuple[torch.Tensor, ...],
+        saved: tuple[torch.Tensor, ...],
+        need_y0: bool,
+        need_s: bool,
+        need_params: tuple[bool, ...],
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor | None]]:
+        stepper = self.stepper
+        field = stepper.field
+        nfe_start = field.nfe
+        t0s, hs, t1s, *kept_y = saved
+        kept_index = self.kept_index
+        n = self.n_steps
+
+        # Output k >= 1 lies in the first accepted step whose end reaches s_k (as in `advance`).
+        s_detached = s.detach()
+        step_of = torch.searchsorted(t1s, s_detached[1:].to(t1s.dtype), side="left")
+        step_of = step_of.clamp_(max=n - 1).tolist()
+        outputs_of: dict[int, list[int]] = {}
+        for k, j in enumerate(step_of, start=1):
+            outputs_of.setdefault(j, []).append(k)
+
+        wanted = [p for p, need in zip(params, need_params) if need]
+        accumulated: list[torch.Tensor | None] = [None] * len(wanted)
+        grad_s = torch.zeros_like(s_detached) if need_s else None
+        grad_t0 = torch.zeros((), dtype=s_detached.dtype, device=s_detached.device)
+        a: torch.Tensor | None = None  # dL/dy at the end of the step being processed
+        nfe_recompute = 0
+        peak_extra = 0
+
+        for segment in range(len(kept_index) - 1, -1, -1):
+            first = kept_index[segment]
+            end = kept_index[segment + 1] if segment + 1 < len(kept_index) else n
+            # Recompute the segment's states without a graph (none when every step is kept).
+            states = [kept_y[segment]]
+            if end - first > 1:
+                before = field.nfe
+                with torch.no_grad():
+                    for j in range(first, end - 1):
+                        states.append(stepper.step_from(t0s[j], states[-1], hs[j]).y1)
+                nfe_recompute += field.nfe - before
+                peak_extra = max(peak_extra, len(states) - 1)
+            for j in range(end - 1, first - 1, -1):
+                y0 = states.pop().detach().requires_grad_(True)
+                outputs_here = outputs_of.get(j, ())
+                with torch.enable_grad():
+                    t0 = t0s[j].detach().requires_grad_(True) if need_s else t0s[j]
+                    step = stepper.step_from(t0, y0, hs[j])
+                    outs: list[torch.Tensor] = []
+                    cotangents: list[torch.Tensor] = []
+                    if a is not None:
+                        outs.append(step.y1)
+                        cotangents.append(a)
+                    time_leaves: list[torch.Tensor] = []
+                    for k in outputs_here:
+                        sk = s_detached[k]
+                        if need_s:
+                            sk = sk.clone().requires_grad_(True)
+                            time_leaves.append(sk)
+                        outs.append(stepper.interpolate(step, sk))
+                        cotangents.append(grad_ys[k])
+                    if not outs:
+                        continue
+                    inputs = [y0, *wanted]
+                    if need_s:
+                        inputs += [t0, *time_leaves]
+                    grads = torch.autograd.grad(outs, inputs, cotangents, allow_unused=True)
+                g_y = grads[0]
+                a = g_y if g_y is not None else torch.zeros_like(y0)
+                for i in range(len(wanted)):
+                    g = grads[1 + i]
+                    if g is not None:
+                        accumulated[i] = g if accumulated[i] is None else accumulated[i] + g
+                if need_s:
+                    base = 1 + len(wanted)
+                    if grads[base] is not None:
+                        grad_t0 = grad_t0 + grads[base]
+                    for k, g in zip(outputs_here, grads[base + 1:]):
+                        if g is not None:
+                            grad_s[k] += g
+
+        grad_y0 = grad_ys[0] if a is None else a + grad_ys[0]
+        if need_s:
+            grad_s[0] += grad_t0
+        grad_params: list[torch.Tensor | None] = []
+        it = iter(accumulated)
+        for p, need in zip(params, need_params):
+            if not need:
+                grad_params.append(None)
+                continue
+            g = next(it)
+            grad_params.append(torch.zeros_like(p) if g is None else g)
+
+        stats = self.stats
+        stats["nfe_backward"] = stats.get("nfe_backward", 0) + field.nfe - nfe_start
+        stats["nfe_recompute"] = stats.get("nfe_recompute", 0) + nfe_recompute
+        stats["steps_backward"] = stats.get("steps_backward", 0) + n
+        if peak_extra:
+            segment_peak = (len(kept_index) + peak_extra) * self.state_bytes + n * _TIME_BYTES_PER_STEP
+            stats["checkpoint_bytes_peak"] = max(stats["checkpoint_bytes_peak"], segment_peak)
+        return (grad_y0 if need_y0 else None), grad_s, grad_params
+
+
+class _ACAFunction(torch.autograd.Function):
+    """Inputs: the tape, the flat y0, the solver times s and the parameters; output: the flat
+    states at s, stacked."""
+
+    @staticmethod
+    def forward(ctx: Any, tape: _Tape, y0: torch.Tensor, s: torch.Tensor, *params: torch.Tensor):
+        ys = tape.forward(y0, s)
+        ctx.tape = tape
+        ctx.save_for_backward(s, *params, *tape.take_saved())
+        return ys
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_ys: torch.Tensor):
+        tape: _Tape = ctx.tape
+        saved = ctx.saved_tensors
+        s, params, rest = saved[0], saved[1 : 1 + tape.n_params], saved[1 + tape.n_params :]
+        need = ctx.needs_input_grad
+        grad_y0, grad_s, grad_params = tape.backward(
+            grad_ys, s, params, rest, need[1], need[2], tuple(need[3:])
+        )
+        return (None, grad_y0, grad_s, *grad_params)
+
+
+def solve_aca(problem: ODEProblem, solver: Solver, rule: ACA, **options: Any) -> Solution:
+    reject_options("solve(ODEProblem, Solver, ACA)", options)
+    field = VectorField(problem.flat_field(), problem.direction)
+    stepper = odeplug.make_stepper(solver, field, problem.layout)
+    s = odeplug.solver_times(problem.ts, problem.direction)
+    y0 = problem.flat_y0()
+    params = problem.params
+    stats = Stats()
+    needs_grad = torch.is_grad_enabled() and (
+        y0.requires_grad or s.requires_grad or any(p.requires_grad for p in params)
+    )
+    if not needs_grad:
+        counts = Counts()
+        with torch.no_grad():
+            ys, _ = odeplug.integrate(stepper, y0, s, counts)
+        stats.update(nfe=field.nfe, steps_accepted=counts.accepted, steps_rejected=counts.rejected,
+                     checkpoints=0, checkpoint_bytes_peak=0)
+        return Solution(problem.unflatten(ys), problem.ts, stats)
+    tape = _Tape(stepper, rule.max_checkpoints, stats, len(params))
+    ys = _ACAFunction.apply(tape, y0, s, *params)
+    return Solution(problem.unflatten(ys), problem.ts, stats)
