@@ -53,7 +53,8 @@ def tasks() -> dict[str, tuple[Callable[[BenchOptions], list[dict[str, Any]]], s
 
 
 def gradient_rules(selected: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Every registered, instantiable gradient rule (defaults), or those named in ``selected``.
+    """Every registered, instantiable gradient rule (defaults, or the configurations its class
+    lists in ``bench_variants``), or those named in ``selected``.
 
     Names may carry options, e.g. ``Adjoint(norm=Seminorm())``, evaluated against odeplug's names.
     """
@@ -73,7 +74,14 @@ def gradient_rules(selected: tuple[str, ...] | None = None) -> dict[str, Any]:
                     f"{', '.join(n for n, v in names.items() if _is_rule(v))}."
                 ) from exc
         return rules
-    return {name: value() for name, value in sorted(names.items()) if _is_rule(value)}
+    rules: dict[str, Any] = {}
+    for name, value in sorted(names.items()):
+        if not _is_rule(value):
+            continue
+        # A rule class may list the configurations worth benchmarking (label, factory).
+        for label, factory in getattr(value, "bench_variants", ((name, value),)):
+            rules[label] = factory()
+    return rules
 
 
 def _is_rule(value: Any) -> bool:

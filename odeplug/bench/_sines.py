@@ -138,3 +138,65 @@ def sines(options: BenchOptions) -> list[dict[str, Any]]:
                                      tick=lambda: bar.update(1))
                 rows.append({"rule": name, "width": width, **result, "grad_rel_error": error})
     return rows
+
+
+def sines_backward(rule: Any, width: int, times: int, tol: float, seed: int = 0,
+                   repeats: int = 1, device: str = "cpu") -> dict[str, Any]:
+    """One forward + backward of the sines loss with ``rule`` (a GradientRule, or the string
+    ``"torchdiffeq"`` / ``"torchdiffeq-seminorm"`` for ``torchdiffeq.odeint_adjoint``); median
+    backward time over ``repeats`` after one warm-up, and the NFE of each direction.
+
+    Every call builds the same model (same seed), so rows are comparable side by side."""
+    import odeplug
+
+    data = SinesData(times=times, seed=seed, device=device)
+    torch.manual_seed(seed)
+    model = SecondOrderField(width).to(device)
+    counter = {"nfe": 0}
+
+    def counted(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        counter["nfe"] += 1
+        return model(t, y)
+
+    class Counted(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return counted(t, y)
+
+    def once() -> tuple[float, int, int]:
+        model.zero_grad()
+        counter["nfe"] = 0
+        if isinstance(rule, str):
+            import torchdiffeq
+
+            options = {"norm": "seminorm"} if rule.endswith("seminorm") else {}
+            ys = torchdiffeq.odeint_adjoint(Counted(), data.y0, data.ts, rtol=tol, atol=tol,
+                                            adjoint_options=options)
+            forward = counter["nfe"]
+        else:
+            sol = odeplug.solve(odeplug.ODEProblem(counted, data.y0, data.ts,
+                                                   params=list(model.parameters())),
+                                odeplug.Dopri5(rtol=tol, atol=tol), rule)
+            ys, forward = sol.ys, counter["nfe"]
+        loss = torch.mean((ys[..., 0] - data.x) ** 2)
+        _sync(device)
+        start = time.perf_counter()
+        loss.backward()
+        _sync(device)
+        return time.perf_counter() - start, forward, counter["nfe"] - forward
+
+    once()  # warm-up (first-call costs of autograd and allocators)
+    runs = [once() for _ in range(repeats)]
+    return {
+        "backward_s": statistics.median(r[0] for r in runs),
+        "nfe_forward": runs[-1][1],
+        "nfe_backward": runs[-1][2],
+    }
+
+
+def _sync(device: str) -> None:
+    if device != "cpu":
+        torch.cuda.synchronize()

@@ -25,3 +25,4 @@ def register() -> None:
         return solve_adjoint(problem, solver, rule, _AdjointFunction, "Adjoint", **options)
 
     odeplug.export(Adjoint)
+    from . import _bench  # noqa: F401  (registers the `adjoint` bench task)
