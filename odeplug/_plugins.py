@@ -48,6 +48,7 @@ _loaded: list[PluginInfo] | None = None
 _exports: dict[str, Any] = {}
 _export_owner: dict[str, str] = {}
 _current: list[str] = []
+_done: dict[tuple[str, str], PluginInfo] = {}  # hooks run once per process, even across reloads
 
 
 def export(*objects: Any) -> None:
@@ -91,7 +92,14 @@ def ensure_loaded() -> list[PluginInfo]:
             if (ep.name, ep.value) in seen:  # the same distribution found twice on sys.path
                 continue
             seen.add((ep.name, ep.value))
-            infos.append(_load_one(ep, strict))
+            key = (ep.name, ep.value)
+            if key not in _done:
+                info = _load_one(ep, strict)
+                if info.status == "loaded":
+                    _done[key] = info
+            else:
+                info = _done[key]
+            infos.append(info)
         _loaded = infos
         return infos
 

@@ -1,0 +1,191 @@
+"""Plugin loading, registration rules and dispatch hygiene."""
+
+
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import plum
+import pytest
+import torch
+
+import odeplug as op
+from odeplug import _dispatch, _plugins
+
+
+@pytest.fixture
+def broken_distribution(tmp_path, monkeypatch):
+    """A fixture distribution on sys.path whose odeplug entry point fails to import."""
+    dist = tmp_path / "brokenplug-9.9.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 9.9\n")
+    (dist / "entry_points.txt").write_text(
+        "[odeplug.plugins]\nbroken = brokenplug_missing_module:register\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _plugins.reset_for_tests()
+    yield tmp_path
+    _plugins.reset_for_tests()
+
+
+def test_broken_plugin_warns_once_and_everything_else_works(broken_distribution, monkeypatch):
+    monkeypatch.delenv("ODEPLUG_STRICT_PLUGINS", raising=False)
+    with pytest.warns(op.PluginLoadWarning) as record:
+        infos = op.plugins()
+    messages = [str(w.message) for w in record if issubclass(w.category, op.PluginLoadWarning)]
+    assert len(messages) == 1
+    assert "'broken'" in messages[0] and "brokenplug 9.9" in messages[0]
+    broken = [p for p in infos if p.name == "broken"]
+    assert broken and broken[0].status == "failed" and "ModuleNotFoundError" in broken[0].error
+    assert all(p.status == "loaded" for p in infos if p.name != "broken")
+    sol = op.solve(op.ODEProblem(lambda t, y: -y, torch.ones(2, dtype=torch.float64),
+                                 torch.tensor([0.0, 1.0], dtype=torch.float64)))
+    assert torch.allclose(sol.ys[-1], torch.full((2,), torch.e**-1, dtype=torch.float64), rtol=1e-6)
+
+
+def test_strict_mode_turns_a_broken_plugin_into_an_error(broken_distribution, monkeypatch):
+    monkeypatch.setenv("ODEPLUG_STRICT_PLUGINS", "1")
+    with pytest.raises(op.PluginError, match="brokenplug 9.9"):
+        op.plugins()
+
+
+def test_import_survives_a_broken_plugin_in_a_fresh_process(broken_distribution):
+    code = textwrap.dedent(
+        """
+        import warnings, odeplug as op
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            print(op.Dopri5().rtol, len([x for x in w if "brokenplug" in str(x.message)]))
+        """
+    )
+    env = {"PYTHONPATH": str(broken_distribution), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
+    assert out.stdout.split() == ["1e-07", "1"]
+
+
+def test_builtin_names_are_reachable_from_odeplug_and_their_package():
+    import odeplug_norms
+    import odeplug_solvers
+
+    assert op.Dopri5 is odeplug_solvers.Dopri5
+    assert op.RMSNorm is odeplug_norms.RMSNorm
+    with pytest.raises(AttributeError, match="Names from plugins"):
+        op.NoSuchSolver  # noqa: B018
+
+
+def test_every_builtin_plugin_loaded_and_reports_methods():
+    infos = {p.name: p for p in op.plugins()}
+    for name in ("solvers", "norms", "direct", "adjoint", "torchdiffeq"):
+        assert infos[name].status == "loaded", infos[name].error
+        assert infos[name].distribution == "odeplug"
+    assert any(m.startswith("make_stepper(AdaptiveRungeKutta") for m in infos["solvers"].methods)
+
+
+def test_dispatch_is_faithful_for_every_verb():
+    # Faithful resolvers cache on argument types: dispatch then costs ~1 µs.
+    op.plugins()
+    for name, verb in _dispatch.verbs().items():
+        verb._resolve_pending_registrations()
+        assert verb._resolver.is_faithful, name
+
+
+def test_no_two_plugins_register_the_same_signature():
+    op.plugins()
+    seen = {}
+    for record in _dispatch.methods():
+        key = (record.verb, record.signature)
+        assert key not in seen, (record, seen.get(key))
+        seen[key] = record
+
+
+def test_no_registered_method_has_a_return_annotation():
+    op.plugins()
+    for verb in _dispatch.verbs().values():
+        for method in verb.methods:
+            assert "return" not in getattr(method.implementation, "__annotations__", {}), method
+
+
+def test_registering_a_duplicate_signature_is_refused():
+    class Mine(op.Norm):
+        pass
+
+    def norm(n: Mine, x: torch.Tensor, layout: op.Layout):
+        return x.abs().max()
+
+    op.register(norm)
+    try:
+        with pytest.raises(op.PluginError, match="already registered"):
+            op.register(norm)
+    finally:
+        _dispatch.unregister_for_tests("norm", (Mine, torch.Tensor, op.Layout))
+
+
+def test_piracy_inside_a_plugin_is_refused():
+    def norm(n: op.RMSNorm, x: torch.Tensor, layout: op.Layout):
+        return x.sum()
+
+    with _dispatch.plugin_context("pirate", "pirate_package"):
+        with pytest.raises(op.PluginError, match="piracy"):
+            op.register(norm)
+
+
+def test_register_rejects_unknown_verbs_and_return_annotations():
+    def frobnicate(x: torch.Tensor):
+        return x
+
+    with pytest.raises(op.PluginError, match="no generic function named 'frobnicate'"):
+        op.register(frobnicate)
+
+    class Other(op.Norm):
+        pass
+
+    def norm(n: Other, x: torch.Tensor, layout: op.Layout) -> torch.Tensor:
+        return x
+
+    with pytest.raises(op.PluginError, match="return annotation"):
+        op.register(norm)
+
+
+def test_unsupported_combination_lists_the_methods_that_exist():
+    problem = op.ODEProblem(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]))
+    with pytest.raises(op.UnsupportedCombinationError, match=r"TorchDiffEq.*Direct rule"):
+        op.solve(problem, op.TorchDiffEq(), op.Adjoint())
+
+
+def test_final_classes_cannot_be_subclassed():
+    with pytest.raises(TypeError, match="final"):
+
+        class MoreDopri(op.Dopri5):  # noqa: F841
+            pass
+
+
+def test_resolve_returns_the_plain_method_once():
+    op.plugins()
+    fn = op.resolve(op.norm, op.RMSNorm(), torch.ones(3), op.Layout.of(torch.ones(3)))
+    assert not isinstance(fn, plum.Function)
+    assert float(fn(op.RMSNorm(), torch.full((3,), 2.0), None)) == pytest.approx(2.0)
+
+
+def test_cli_plugins_lists_methods(capsys):
+    from odeplug._cli import main
+
+    assert main(["plugins", "--methods"]) == 0
+    out = capsys.readouterr().out
+    assert "odeplug_solvers:register" in out and "norm" in out and "(Seminorm, Tensor, Layout)" in out
+
+
+def test_cli_bench_list_and_unknown_task(capsys):
+    from odeplug._cli import main
+
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "sines" in out and "overhead" in out
+    assert main(["bench", "nope"]) == 2
+
+
+def test_quiet_import_has_no_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        op.plugins()
