@@ -129,14 +129,15 @@ def run_backsolve(
     ts: torch.Tensor,
     direction: float,
     time_gradients: bool,
-    on_step: Callable[[Step, int], None] | None = None,
-    on_interval: Callable[[int, StepState], None] | None = None,
+    on_step: Callable[[Stepper, Step, int], None] | None = None,
+    on_interval: Callable[[Stepper, int, StepState], None] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None, torch.Tensor | None, VectorField, Counts]:
     """Solve the adjoint system from t_K to t_0 with jumps; return the final augmented state,
     the time gradients dL/dt_k (or None), the stepper's field (its ``nfe``) and step counts.
 
-    ``on_step(step, k)`` sees each accepted backward step inside interval (t_{k−1}, t_k];
-    ``on_interval(k, state)`` is called on reaching t_{k−1} before the jump there (quadrature).
+    ``on_step(stepper, step, k)`` sees each accepted backward step inside interval
+    (t_{k−1}, t_k]; ``on_interval(stepper, k, state)`` is called on reaching t_{k−1}, before the
+    jump there (quadrature rules read the dense output through ``stepper``).
     """
     K = len(ts) - 1
     field = VectorField(system.field, -direction)
@@ -161,10 +162,10 @@ def run_backsolve(
     if time_grads is not None:
         state = record_time_gradient(K, state)
     for k in range(K, 0, -1):
-        hook = None if on_step is None else (lambda step, k=k: on_step(step, k))
+        hook = None if on_step is None else (lambda step, k=k: on_step(stepper, step, k))
         state, _ = odeplug.advance(stepper, state, s[K - k + 1], counts, on_step=hook, land=True)
         if on_interval is not None:
-            on_interval(k, state)
+            on_interval(stepper, k, state)
         if k - 1 > 0:
             y = state.y.clone()
             y[n : 2 * n] += grad_ys[k - 1]
