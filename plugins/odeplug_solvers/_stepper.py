@@ -118,10 +118,22 @@ class RungeKuttaStepper(Stepper):
         t0y, dty, t1y = t0.to(dtype), dt.to(dtype), t1.to(dtype)
         a_dt = coef["a"] * dty
         c = coef["c"]
+        stages = self.tableau.stages
+        if not torch.is_grad_enabled():
+            # No graph to protect: write stages into one buffer, so each stage input is a single
+            # matrix-vector product over the rows so far (no re-stacking: O(s·n) not O(s²·n)).
+            k = y0.new_empty(stages, y0.shape[0])
+            k[0] = f0
+            yi = y0
+            for i in range(1, stages):
+                yi = torch.addmv(y0, k[:i].t(), a_dt[i, :i])
+                ti = t1y if self._stage_is_end[i] else t0y + c[i] * dty
+                k[i] = self.field(ti, yi)
+            return k, yi
         ks = [f0]
         yi = y0
-        for i in range(1, self.tableau.stages):
-            yi = torch.addmv(y0, torch.stack(ks, 1), a_dt[i, :i])
+        for i in range(1, stages):
+            yi = torch.addmv(y0, torch.stack(ks).t(), a_dt[i, :i])  # same layout as the buffer path
             ti = t1y if self._stage_is_end[i] else t0y + c[i] * dty
             ks.append(self.field(ti, yi))
         return torch.stack(ks), yi
