@@ -1,0 +1,219 @@
+"""The Adjoint rule and the seminorm adjoint (issue 3), checked against things we did not write:
+the analytic gradients of dz/dt = az, torchdiffeq's odeint_adjoint, the Direct rule, and float64
+finite differences."""
+
+import math
+
+import pytest
+import torch
+import torchdiffeq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import odeplug as op
+from odeplug import _dispatch
+from strategies import MLPField, mlp_problems
+
+f64 = torch.float64
+
+
+class Linear(torch.nn.Module):
+    def __init__(self, a=0.2):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a, dtype=f64))
+
+    def forward(self, t, z):
+        return self.a * z
+
+
+def analytic_errors(T, run):
+    f = Linear()
+    z0 = torch.tensor([10.0], dtype=f64, requires_grad=True)
+    ts = torch.tensor([0.0, T], dtype=f64, requires_grad=True)
+    ys = run(f, z0, ts)
+    (ys[-1] ** 2).sum().backward()
+    zT2 = 100 * math.exp(0.4 * T)
+    exact = (20 * math.exp(0.4 * T), 2 * T * zT2, 0.4 * zT2)
+    got = (z0.grad.item(), f.a.grad.item(), ts.grad[-1].item())
+    return [abs(g - e) / abs(e) for g, e in zip(got, exact)]
+
+
+def ours(rule):
+    return lambda f, z0, ts: op.solve(op.ODEProblem(f, z0, ts), op.Dopri5(rtol=1e-8, atol=1e-8), rule).ys
+
+
+def theirs(norm=None):
+    options = {} if norm is None else {"norm": norm}
+    return lambda f, z0, ts: torchdiffeq.odeint_adjoint(f, z0, ts, rtol=1e-8, atol=1e-8, adjoint_options=options)
+
+
+@pytest.mark.parametrize("T", [19.0, 24.0, 29.0])
+def test_analytic_gradients_no_worse_than_torchdiffeq(T):
+    mine, reference = analytic_errors(T, ours(op.Adjoint())), analytic_errors(T, theirs())
+    for m, r in zip(mine, reference):
+        # Equal step sequences give equal dL/dT up to round-off of the forward value.
+        assert m <= r * (1 + 1e-6) + 1e-15, (mine, reference)
+    assert max(mine) < 6.2e-8
+
+
+@pytest.mark.parametrize("T", [19.0, 24.0, 29.0])
+def test_seminorm_analytic_gradients_match_torchdiffeq_seminorm(T):
+    # torchdiffeq's "seminorm" still controls a_t; ours drops it too (as in the paper), so its
+    # steps may be slightly longer: allow 5% on an error of ~5e-8.
+    mine = analytic_errors(T, ours(op.Adjoint(norm=op.Seminorm())))
+    reference = analytic_errors(T, theirs("seminorm"))
+    for m, r in zip(mine, reference):
+        assert m <= 1.05 * r + 1e-15, (mine, reference)
+
+
+def _grads(problem_factory, rule, tol=1e-10):
+    field, y0, ts = problem_factory()
+    leaves = list(y0) if isinstance(y0, tuple) else [y0]
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+    ts = ts.clone().requires_grad_(True)
+    sol = op.solve(op.ODEProblem(field, y0, ts), op.Dopri5(rtol=tol, atol=tol), rule)
+    ys = sol.ys if isinstance(sol.ys, tuple) else (sol.ys,)
+    weights = torch.linspace(0.5, 1.5, len(ts), dtype=f64)
+    loss = sum((w.view(-1, *[1] * (y.ndim - 1)) * torch.sin(y)).sum() for y, w in zip(ys, [weights] * len(ys)))
+    params = list(field.parameters())
+    grads = torch.autograd.grad(loss, leaves + params + [ts])
+    return torch.cat([g.reshape(-1) for g in grads]), sol.stats
+
+
+@settings(max_examples=8)
+@given(problem=mlp_problems(), seminorm=st.booleans())
+def test_adjoint_matches_direct_on_random_fields(problem, seminorm):
+    field, y0, ts = problem
+    rule = op.Adjoint(norm=op.Seminorm()) if seminorm else op.Adjoint()
+
+    def factory():
+        copy = tuple(t.clone() for t in y0) if isinstance(y0, tuple) else y0.clone()
+        return field, copy, ts
+
+    adjoint, stats = _grads(factory, rule)
+    direct, _ = _grads(factory, op.Direct())
+    assert stats["nfe_backward"] > 0 and stats["steps_accepted_backward"] > 0
+    error = (adjoint - direct).norm() / direct.norm().clamp_min(1e-12)
+    assert error < 1e-6, float(error)
+
+
+def test_time_gradients_against_finite_differences():
+    field = MLPField(2, 8, seed=3)
+    y0 = torch.tensor([[0.3, -0.7]], dtype=f64)
+    ts = torch.tensor([0.2, 0.9, 1.4, 2.0], dtype=f64, requires_grad=True)
+
+    def loss_of(times):
+        sol = op.solve(op.ODEProblem(field, y0, times), op.Dopri5(rtol=1e-12, atol=1e-12), op.Adjoint())
+        return (torch.linspace(1, 2, 4, dtype=f64).view(-1, 1, 1) * sol.ys**2).sum()
+
+    (grad,) = torch.autograd.grad(loss_of(ts), ts)
+    eps = 1e-6
+    for k in range(len(ts)):
+        bump = torch.zeros_like(ts)
+        bump[k] = eps
+        with torch.no_grad():
+            fd = (loss_of(ts.detach() + bump) - loss_of(ts.detach() - bump)) / (2 * eps)
+        assert abs(float(grad[k]) - float(fd)) <= 1e-6 * max(1.0, abs(float(fd))), (k, grad, fd)
+
+
+def _backward_nfe_torchdiffeq(field, y0, ts, tol, norm=None):
+    calls = {"n": 0}
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = field
+
+        def forward(self, t, y):
+            calls["n"] += 1
+            return self.inner(t, y)
+
+    ys = torchdiffeq.odeint_adjoint(Counting(), y0, ts, rtol=tol, atol=tol,
+                                    adjoint_options={} if norm is None else {"norm": norm})
+    forward = calls["n"]
+    ys.pow(2).sum().backward()
+    return calls["n"] - forward
+
+
+@pytest.mark.parametrize("seminorm", [False, True])
+def test_backward_nfe_below_torchdiffeq_with_many_output_times(seminorm):
+    field = MLPField(3, 16, seed=7)
+    y0 = torch.randn(4, 3, dtype=f64, generator=torch.Generator().manual_seed(0))
+    ts = torch.linspace(0, 3, 30, dtype=f64)
+    rule = op.Adjoint(norm=op.Seminorm()) if seminorm else op.Adjoint()
+    sol = op.solve(op.ODEProblem(field, y0.clone().requires_grad_(), ts), op.Dopri5(rtol=1e-5, atol=1e-5), rule)
+    sol.ys.pow(2).sum().backward()
+    reference = _backward_nfe_torchdiffeq(field, y0.clone().requires_grad_(), ts, 1e-5,
+                                          "seminorm" if seminorm else None)
+    # torchdiffeq restarts (a new initial-step search) at each of the 29 output times; we do not.
+    assert sol.stats["nfe_backward"] < 0.8 * reference, (sol.stats["nfe_backward"], reference)
+
+
+def test_seminorm_reduces_backward_work_when_outputs_do_not_cut_steps():
+    field = MLPField(2, 32, seed=11, scale=2.0)
+    y0 = torch.randn(8, 2, dtype=f64, generator=torch.Generator().manual_seed(1))
+    ts = torch.tensor([0.0, 5.0], dtype=f64)
+    counts = {}
+    for name, rule in (("plain", op.Adjoint()), ("semi", op.Adjoint(norm=op.Seminorm()))):
+        sol = op.solve(op.ODEProblem(field, y0.clone().requires_grad_(), ts), op.Dopri5(rtol=1e-6, atol=1e-6), rule)
+        sol.ys[-1].pow(2).sum().backward()
+        counts[name] = sol.stats["nfe_backward"]
+    assert counts["semi"] < counts["plain"], counts
+
+
+class WeightedRMS(op.Norm):
+    """The README's example plugin norm: RMS with the a_z blocks weighted."""
+
+    def __init__(self, weight):
+        self.weight = weight
+
+
+def test_a_registered_norm_drives_the_backward_solve():
+    def norm(n: WeightedRMS, x: torch.Tensor, layout: op.Layout):
+        weights = torch.cat([
+            x.new_full((block.size,), n.weight if block.name.startswith("a_z") else 1.0)
+            for block in layout.blocks
+        ])
+        return (weights * x.square()).mean().sqrt()
+
+    op.register(norm)
+    try:
+        field = MLPField(2, 16, seed=5)
+        y0 = torch.randn(4, 2, dtype=f64, generator=torch.Generator().manual_seed(2))
+        ts = torch.linspace(0, 2, 3, dtype=f64)
+        steps = {}
+        for weight in (1.0, 1e6):
+            sol = op.solve(op.ODEProblem(field, y0.clone().requires_grad_(), ts),
+                           op.Dopri5(rtol=1e-6, atol=1e-6), op.Adjoint(norm=WeightedRMS(weight)))
+            sol.ys.pow(2).sum().backward()
+            steps[weight] = sol.stats["steps_accepted_backward"] + sol.stats["steps_rejected_backward"]
+        assert steps[1e6] > steps[1.0], steps
+    finally:
+        _dispatch.unregister_for_tests("norm", (WeightedRMS, torch.Tensor, op.Layout))
+
+
+def test_adjoint_options_are_validated():
+    with pytest.raises(op.InvalidOptionError, match="norm must be an odeplug.Norm"):
+        op.Adjoint(norm="seminorm")
+    with pytest.raises(op.InvalidOptionError, match="rtol must be positive"):
+        op.Adjoint(rtol=-1.0)
+    problem = op.ODEProblem(Linear(), torch.ones(1, dtype=f64, requires_grad=True),
+                            torch.tensor([0.0, 1.0], dtype=f64))
+    sol = op.solve(problem, op.RK4(dt=0.1), op.Adjoint(rtol=1e-3))
+    with pytest.raises(op.InvalidOptionError, match="fixed-step"):
+        sol.ys.sum().backward()
+
+
+def test_backward_tolerances_and_solver_can_differ_from_forward():
+    field = MLPField(2, 8, seed=1)
+    y0 = torch.randn(3, 2, dtype=f64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    ts = torch.linspace(0, 1, 4, dtype=f64)
+    counts = []
+    for rule in (op.Adjoint(rtol=1e-4, atol=1e-4), op.Adjoint(rtol=1e-9, atol=1e-9),
+                 op.Adjoint(solver=op.RK4(dt=0.01))):
+        sol = op.solve(op.ODEProblem(field, y0, ts), op.Dopri5(rtol=1e-6, atol=1e-6), rule)
+        sol.ys.sum().backward()
+        counts.append(sol.stats["nfe_backward"])
+    assert counts[0] < counts[1]
+    assert counts[2] >= 4 * 100  # 100 RK4 steps of 4 stages (+ restarts)
