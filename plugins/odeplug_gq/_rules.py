@@ -174,19 +174,28 @@ class IntervalNodes:
         span = abs(times[-1] - times[0])
         nfe = int(stats["nfe"])
         self.counts: list[int] = [0] * len(times)
-        self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for k in range(1, len(times)):
-            n_k = int(odeplug.terms(rule, nfe, abs(times[k] - times[k - 1]), span))
-            self.counts[k] = n_k
-            nodes, weights = scaled_rule(rule.quadrature, n_k, times[k - 1], times[k], ts.dtype, ts.device)
+            self.counts[k] = int(odeplug.terms(rule, nfe, abs(times[k] - times[k - 1]), span))
+        self.times, self.rule, self.ts = times, rule, ts
+        self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cursor: dict[int, int] = {}
+
+    def _nodes(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Built when the backward solve enters interval k and dropped when it leaves, so that
+        # only one interval's nodes are alive at a time.
+        if k not in self.pending:
+            self.pending.pop(k + 1, None)
+            nodes, weights = scaled_rule(self.rule.quadrature, self.counts[k], self.times[k - 1],
+                                         self.times[k], self.ts.dtype, self.ts.device)
             # Backward solver time s = −direction·t increases from t_k to t_{k−1}.
-            s_nodes = -direction * nodes
+            s_nodes = -self.direction * nodes
             order = torch.argsort(s_nodes)
             self.pending[k] = (s_nodes[order], weights[order])
-        self.cursor = {k: 0 for k in self.pending}
+            self.cursor[k] = 0
+        return self.pending[k]
 
     def on_step(self, stepper: Stepper, step: Step, k: int) -> None:
-        s_nodes, weights = self.pending[k]
+        s_nodes, weights = self._nodes(k)
         start = self.cursor[k]
         if start >= len(s_nodes):
             return
@@ -200,7 +209,7 @@ class IntervalNodes:
         self.cursor[k] = stop
 
     def on_interval(self, stepper: Stepper, k: int, state: Any) -> None:
-        s_nodes, weights = self.pending[k]
+        s_nodes, weights = self._nodes(k)
         # A node exactly at the interval's end (Lobatto-type rules) is read from the landed state.
         for j in range(self.cursor[k], len(s_nodes)):
             self.total.add(-self.direction * s_nodes[j], state.y, weights[j])
