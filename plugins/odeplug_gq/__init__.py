@@ -27,3 +27,4 @@ def register() -> None:
         return node_count(policy, nfe, interval, span)
 
     odeplug.export(GQAdjoint, GaussAdjoint)
+    from . import _bench  # noqa: F401  (registers the `gq` and `spheres` bench tasks)

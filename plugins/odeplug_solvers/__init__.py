@@ -18,10 +18,15 @@ from ._solvers import (
     register,
 )
 from ._stepper import RungeKuttaStepper
-from ._tableau import ButcherTableau, hermite_dense_output, linear_dense_output
+from ._tableau import (
+    ButcherTableau,
+    end_slope_hermite_dense_output,
+    hermite_dense_output,
+    linear_dense_output,
+)
 
 __all__ = [
     "AdaptiveRungeKutta", "Bosh3", "ButcherTableau", "Dopri5", "Euler", "FixedStepRungeKutta",
     "Midpoint", "RK4", "RungeKutta", "RungeKuttaStepper", "Tsit5", "hermite_dense_output",
-    "linear_dense_output", "register",
+    "linear_dense_output", "end_slope_hermite_dense_output", "register",
 ]

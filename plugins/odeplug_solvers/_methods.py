@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._tableau import ButcherTableau, hermite_dense_output, linear_dense_output
+from ._tableau import ButcherTableau, end_slope_hermite_dense_output, hermite_dense_output
 
 __all__ = ["DOPRI5", "BOSH3", "TSIT5", "EULER", "MIDPOINT", "RK4"]
 
@@ -75,8 +75,10 @@ def _tsit5() -> ButcherTableau:
 
 TSIT5 = _tsit5()
 
+# Fixed-step methods interpolate with the cubic Hermite through both ends' slopes.
 EULER = ButcherTableau(
-    name="Euler", c=(0.0,), a=((),), b=(1.0,), order=1, dense=linear_dense_output((1.0,))
+    name="Euler", c=(0.0,), a=((),), b=(1.0,), order=1,
+    dense=end_slope_hermite_dense_output((1.0,)), dense_uses_f1=True,
 )
 
 # The explicit midpoint method (Runge 1895).
@@ -86,7 +88,8 @@ MIDPOINT = ButcherTableau(
     a=((), (1 / 2,)),
     b=(0.0, 1.0),
     order=2,
-    dense=linear_dense_output((0.0, 1.0)),
+    dense=end_slope_hermite_dense_output((0.0, 1.0)),
+    dense_uses_f1=True,
 )
 
 # The classical fourth-order method (Kutta 1901).
@@ -96,5 +99,6 @@ RK4 = ButcherTableau(
     a=((), (1 / 2,), (0.0, 1 / 2), (0.0, 0.0, 1.0)),
     b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
     order=4,
-    dense=linear_dense_output((1 / 6, 1 / 3, 1 / 3, 1 / 6)),
+    dense=end_slope_hermite_dense_output((1 / 6, 1 / 3, 1 / 3, 1 / 6)),
+    dense_uses_f1=True,
 )

@@ -191,6 +191,8 @@ class RungeKuttaStepper(Stepper):
             status = torch.stack([torch.isfinite(y1).all(), t1 > t0, t1 >= t_target]).tolist()
         finite, size_ok, reached = status
         f1 = self.field(t1.to(y0.dtype), y1)
+        if self.tableau.dense_uses_f1:
+            stages = torch.cat([stages, f1.unsqueeze(0)])
         return StepState(t1, y1, f1, dt), Step(t0, t1, y0, y1, stages), (True, finite, size_ok, reached)
 
     def interpolate(self, step: Step, t: torch.Tensor) -> torch.Tensor:
@@ -213,4 +215,6 @@ class RungeKuttaStepper(Stepper):
             y1 = last_input
         else:
             y1 = torch.addmv(y0, stages.t(), self._coef["b"] * h.to(y0.dtype))
+        if self.tableau.dense_uses_f1:
+            stages = torch.cat([stages, self.field(t1.to(y0.dtype), y1).unsqueeze(0)])
         return Step(t0, t1, y0, y1, stages)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import attrs
 import torch
 
-__all__ = ["ButcherTableau", "hermite_dense_output", "linear_dense_output"]
+__all__ = ["ButcherTableau", "end_slope_hermite_dense_output", "hermite_dense_output", "linear_dense_output"]
 
 
 @attrs.frozen
@@ -37,13 +37,17 @@ class ButcherTableau:
     dense: tuple[tuple[float, ...], ...]
     b_error: tuple[float, ...] | None = None
     fsal: bool = False
+    #: The dense output also uses F(t1, y1), appended to the stages as one more row (fixed-step
+    #: methods: that evaluation is the next step's first stage anyway).
+    dense_uses_f1: bool = False
 
     def __attrs_post_init__(self) -> None:
         s = len(self.c)
         if len(self.a) != s or any(len(row) != i for i, row in enumerate(self.a)):
             raise ValueError(f"{self.name}: a must have {s} rows, row i holding i entries")
-        if len(self.b) != s or len(self.dense) != s:
-            raise ValueError(f"{self.name}: b and dense need one entry per stage ({s})")
+        rows = s + 1 if self.dense_uses_f1 else s
+        if len(self.b) != s or len(self.dense) != rows:
+            raise ValueError(f"{self.name}: b needs one entry per stage and dense {rows} rows")
         for i, row in enumerate(self.a):
             if abs(sum(row) - self.c[i]) > 1e-12:
                 raise ValueError(f"{self.name}: row {i} of a does not sum to c[{i}]")
@@ -112,3 +116,10 @@ def hermite_dense_output(
 def linear_dense_output(b: Sequence[float]) -> tuple[tuple[float, ...], ...]:
     """P for linear interpolation between y0 and y1: b_i(θ) = θ b_i."""
     return tuple((float(bi),) for bi in b)
+
+
+def end_slope_hermite_dense_output(b: Sequence[float]) -> tuple[tuple[float, ...], ...]:
+    """P for the cubic Hermite through (y0, k_1) and (y1, F(t1, y1)), with F(t1, y1) appended as
+    an extra row after the stages (``dense_uses_f1=True``). Fourth-order accurate in value:
+    enough for any method up to order 3, and for RK4 an O(h⁴) interpolant instead of O(h²)."""
+    return hermite_dense_output(tuple(b) + (0.0,), None, last_stage_is_f1=True)
