@@ -161,7 +161,7 @@ def test_memory_does_not_grow_with_tolerance_but_directs_does():
 
 
 class ClenshawCurtis(op.Quadrature):
-    """A user-registered quadrature (the docs' example): Clenshaw–Curtis by Waldvogel's FFT."""
+    """A user-registered quadrature (the docs' example): Clenshaw–Curtis nodes."""
 
 
 def test_a_user_quadrature_trains():
