@@ -93,16 +93,61 @@ class ACA(GradientRule):
     max_checkpoints: int | None = attrs.field(default=None, validator=_budget)
 
 
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """``t``, copied if it is a view into a larger buffer (a solver's stage buffer, say), so a
+    checkpoint keeps alive only its own bytes."""
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        return t.clone()
+    return t
+
+
+class _PrimableField:
+    """``problem.flat_field()`` that can be told the value of its next evaluation at one state.
+
+    The backward recomputes step i from its checkpoint; the step's first stage F(t_i, y_i) is
+    already known (it is the last stage of step i − 1 for a first-same-as-last tableau, stored
+    with the checkpoint), so it is handed over instead of evaluated: as a leaf, whose gradient
+    is then pulled back through the last stage of step i − 1, exactly where the forward (and
+    the Direct rule's graph) computed it. This saves one evaluation and one VJP per step.
+    A primed value is used once, and only for the very tensor ``y`` it was primed with; if a
+    stepper never asks for it, the evaluation simply happens and the leaf gets no gradient.
+    """
+
+    __slots__ = ("fn", "y", "value", "hits")
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.y: torch.Tensor | None = None
+        self.value: torch.Tensor | None = None
+        self.hits = 0
+
+    def prime(self, y: torch.Tensor, value: torch.Tensor) -> None:
+        self.y, self.value = y, value
+
+    def clear(self) -> None:
+        self.y = self.value = None
+
+    def __call__(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y is self.y:
+            value = self.value
+            self.y = self.value = None
+            self.hits += 1
+            return value
+        return self.fn(s, y)
+
+
 @final
-class _StepSizeRecorder(Stepper):
-    """Delegates to the solver's stepper and remembers the step size of the last attempt.
+class _Recorder(Stepper):
+    """Delegates to the solver's stepper and remembers, for the last attempt, the step size and
+    the first stage it started from, and whether the solver reuses a step's last stage as the
+    next step's first (first same as last).
 
     A :class:`odeplug.Step` carries ``t0`` and ``t1`` but not ``h``, and ``t1 − t0`` is not ``h``
     in floating point, while ``step_from`` needs the very ``h`` of the forward to reproduce its
     ``y1`` bit for bit.
     """
 
-    __slots__ = ("inner", "field", "max_steps", "order", "h")
+    __slots__ = ("inner", "field", "max_steps", "order", "h", "f", "fsal")
 
     def __init__(self, inner: Stepper) -> None:
         self.inner = inner
@@ -110,13 +155,19 @@ class _StepSizeRecorder(Stepper):
         self.max_steps = inner.max_steps
         self.order = inner.order
         self.h: torch.Tensor | None = None
+        self.f: torch.Tensor | None = None
+        self.fsal: bool | None = None
 
     def start(self, t0: torch.Tensor, y0: torch.Tensor, t_end: torch.Tensor) -> StepState:
         return self.inner.start(t0, y0, t_end)
 
     def attempt(self, state: StepState, t_target: torch.Tensor, land: bool = False):
-        self.h = state.h
-        return self.inner.attempt(state, t_target, land)
+        self.h, self.f = state.h, state.f
+        new_state, step, status = self.inner.attempt(state, t_target, land)
+        if step is not None and self.fsal is None:
+            last = step.stages[-1]
+            self.fsal = new_state.f.shape == last.shape and new_state.f.data_ptr() == last.data_ptr()
+        return new_state, step, status
 
     def interpolate(self, step: Step, t: torch.Tensor) -> torch.Tensor:
         return self.inner.interpolate(step, t)
@@ -132,34 +183,37 @@ class _Tape:
     """What one ACA solve keeps between its forward and its backward (not the tensors saved
     for backward, which go through ``ctx.save_for_backward`` so autograd frees them)."""
 
-    __slots__ = ("stepper", "budget", "stats", "kept_index", "state_bytes", "n_steps",
-                 "n_params", "_pending")
+    __slots__ = ("stepper", "field", "budget", "stats", "kept_index", "fsal", "state_bytes",
+                 "n_steps", "n_params", "_pending")
 
-    def __init__(self, stepper: Stepper, budget: int | None, stats: Stats, n_params: int) -> None:
+    def __init__(self, stepper: Stepper, field: _PrimableField, budget: int | None, stats: Stats,
+                 n_params: int) -> None:
         self.stepper = stepper
+        self.field = field
         self.budget = budget
         self.stats = stats
         self.n_params = n_params
         self.kept_index: list[int] = []
+        self.fsal = False
         self.state_bytes = 0
         self.n_steps = 0
         self._pending: tuple[torch.Tensor, ...] = ()
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, y0: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        recorder = _StepSizeRecorder(self.stepper)
+        recorder = _Recorder(self.stepper)
         counts = Counts()
         budget = self.budget
         kept_index: list[int] = []
-        kept_y: list[torch.Tensor] = []
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # (y_i, F(t_i, y_i)) per checkpoint
         t0s: list[torch.Tensor] = []
         t1s: list[torch.Tensor] = []
         hs: list[torch.Tensor] = []
         stride = 1
-        peak_states = 0
+        peak_kept = 0
 
         def on_step(step: Step) -> None:
-            nonlocal stride, peak_states
+            nonlocal stride, peak_kept
             j = len(t0s)
             h = recorder.h
             # A step of the proposed size ends at t1 = t0 + h. A step shortened to land on a time
@@ -170,15 +224,18 @@ class _Tape:
             hs.append(h)
             if j % stride == 0:
                 kept_index.append(j)
-                kept_y.append(step.y0)
-                peak_states = max(peak_states, len(kept_y))
-                if budget is not None and len(kept_y) > budget:
+                kept.append((_own(step.y0), _own(recorder.f) if recorder.fsal else None))
+                peak_kept = max(peak_kept, len(kept))
+                if budget is not None and len(kept) > budget:
                     stride *= 2
                     keep = [i for i, index in enumerate(kept_index) if index % stride == 0]
                     kept_index[:] = [kept_index[i] for i in keep]
-                    kept_y[:] = [kept_y[i] for i in keep]
+                    kept[:] = [kept[i] for i in keep]
 
         ys, _ = odeplug.integrate(recorder, y0, s, counts, on_step)
+        # With first-same-as-last, each checkpoint keeps F(t_i, y_i) too (see _PrimableField).
+        self.fsal = bool(recorder.fsal)
+        per_checkpoint = (2 if self.fsal else 1)
         field = self.stepper.field
         self.n_steps = len(t0s)
         self.kept_index = kept_index
@@ -187,10 +244,12 @@ class _Tape:
             nfe=field.nfe,
             steps_accepted=counts.accepted,
             steps_rejected=counts.rejected,
-            checkpoints=len(kept_y),
-            checkpoint_bytes_peak=peak_states * self.state_bytes + self.n_steps * _TIME_BYTES_PER_STEP,
+            checkpoints=len(kept),
+            checkpoint_bytes_peak=peak_kept * per_checkpoint * self.state_bytes
+            + self.n_steps * _TIME_BYTES_PER_STEP,
         )
-        self._pending = (torch.stack(t0s), torch.stack(hs), torch.stack(t1s), *kept_y)
+        tensors = [y for y, _ in kept] + ([f for _, f in kept] if self.fsal else [])
+        self._pending = (torch.stack(t0s), torch.stack(hs), torch.stack(t1s), *tensors)
         return ys
 
     def take_saved(self) -> tuple[torch.Tensor, ...]:
@@ -208,11 +267,14 @@ class _Tape:
         need_s: bool,
         need_params: tuple[bool, ...],
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor | None]]:
-        stepper = self.stepper
+        stepper, pfield, fsal = self.stepper, self.field, self.fsal
         field = stepper.field
-        nfe_start = field.nfe
-        t0s, hs, t1s, *kept_y = saved
+        sign = field.direction  # F = sign · f(sign · s, y): a primed f-value is sign · F
+        nfe_start, hits_start = field.nfe, pfield.hits
+        t0s, hs, t1s, *checkpoints = saved
         kept_index = self.kept_index
+        kept_y = checkpoints[: len(kept_index)]
+        kept_f = checkpoints[len(kept_index):] if fsal else None
         n = self.n_steps
 
         # Output k >= 1 lies in the first accepted step whose end reaches s_k (as in `advance`).
@@ -225,9 +287,11 @@ class _Tape:
 
         wanted = [p for p, need in zip(params, need_params) if need]
         accumulated: list[torch.Tensor | None] = [None] * len(wanted)
+        owned = [False] * len(wanted)
         grad_s = torch.zeros_like(s_detached) if need_s else None
         grad_t0 = torch.zeros((), dtype=s_detached.dtype, device=s_detached.device)
         a: torch.Tensor | None = None  # dL/dy at the end of the step being processed
+        a_f: torch.Tensor | None = None  # dL/dF(t, y) there, when the next step was primed
         nfe_recompute = 0
         peak_extra = 0
 
@@ -235,25 +299,41 @@ class _Tape:
             first = kept_index[segment]
             end = kept_index[segment + 1] if segment + 1 < len(kept_index) else n
             # Recompute the segment's states without a graph (none when every step is kept).
-            states = [kept_y[segment]]
+            states_y = [kept_y[segment]]
+            states_f = [kept_f[segment]] if fsal else None
             if end - first > 1:
-                before = field.nfe
+                before = field.nfe - pfield.hits
                 with torch.no_grad():
                     for j in range(first, end - 1):
-                        states.append(stepper.step_from(t0s[j], states[-1], hs[j]).y1)
-                nfe_recompute += field.nfe - before
-                peak_extra = max(peak_extra, len(states) - 1)
+                        if fsal:
+                            pfield.prime(states_y[-1], states_f[-1] if sign > 0 else -states_f[-1])
+                        step = stepper.step_from(t0s[j], states_y[-1], hs[j])
+                        pfield.clear()
+                        states_y.append(step.y1)
+                        if fsal:
+                            states_f.append(_own(step.stages[-1]))
+                nfe_recompute += field.nfe - pfield.hits - before
+                peak_extra = max(peak_extra, len(states_y) - 1)
             for j in range(end - 1, first - 1, -1):
-                y0 = states.pop().detach().requires_grad_(True)
+                y0 = states_y.pop().detach().requires_grad_(True)
+                f0 = states_f.pop() if fsal else None
                 outputs_here = outputs_of.get(j, ())
                 with torch.enable_grad():
+                    primed = None
+                    if fsal and j > 0:  # step 0's first stage is F(s_0, y_0): keep its graph
+                        primed = (f0 if sign > 0 else -f0).detach().requires_grad_(True)
+                        pfield.prime(y0, primed)
                     t0 = t0s[j].detach().requires_grad_(True) if need_s else t0s[j]
                     step = stepper.step_from(t0, y0, hs[j])
+                    pfield.clear()
                     outs: list[torch.Tensor] = []
                     cotangents: list[torch.Tensor] = []
                     if a is not None:
                         outs.append(step.y1)
                         cotangents.append(a)
+                    if a_f is not None:
+                        outs.append(step.stages[-1])
+                        cotangents.append(a_f)
                     time_leaves: list[torch.Tensor] = []
                     for k in outputs_here:
                         sk = s_detached[k]
@@ -265,22 +345,35 @@ class _Tape:
                     if not outs:
                         continue
                     inputs = [y0, *wanted]
+                    if primed is not None:
+                        inputs.append(primed)
                     if need_s:
                         inputs += [t0, *time_leaves]
                     grads = torch.autograd.grad(outs, inputs, cotangents, allow_unused=True)
-                g_y = grads[0]
-                a = g_y if g_y is not None else torch.zeros_like(y0)
+                a = grads[0] if grads[0] is not None else torch.zeros_like(y0)
                 for i in range(len(wanted)):
-                    g = grads[1 + i]
-                    if g is not None:
-                        accumulated[i] = g if accumulated[i] is None else accumulated[i] + g
+                    if grads[1 + i] is not None:
+                        if accumulated[i] is None:
+                            accumulated[i] = grads[1 + i]
+                        elif owned[i]:
+                            accumulated[i].add_(grads[1 + i])
+                        else:  # the first sum is a new tensor: never write into autograd's result
+                            accumulated[i] = accumulated[i] + grads[1 + i]
+                            owned[i] = True
+                base = 1 + len(wanted)
+                a_f = None
+                if primed is not None:
+                    if grads[base] is not None:
+                        a_f = grads[base] if sign > 0 else -grads[base]
+                    base += 1
                 if need_s:
-                    base = 1 + len(wanted)
                     if grads[base] is not None:
                         grad_t0 = grad_t0 + grads[base]
-                    for k, g in zip(outputs_here, grads[base + 1:]):
-                        if g is not None:
-                            grad_s[k] += g
+                    for k, g_k in zip(outputs_here, grads[base + 1:]):
+                        if g_k is not None:
+                            grad_s[k] += g_k
+                # Free this step's gradients (parameter-sized) and graph before the next VJP.
+                del grads, outs, cotangents, step
 
         grad_y0 = grad_ys[0] if a is None else a + grad_ys[0]
         if need_s:
@@ -295,11 +388,13 @@ class _Tape:
             grad_params.append(torch.zeros_like(p) if g is None else g)
 
         stats = self.stats
-        stats["nfe_backward"] = stats.get("nfe_backward", 0) + field.nfe - nfe_start
+        evaluated = field.nfe - nfe_start - (pfield.hits - hits_start)
+        stats["nfe_backward"] = stats.get("nfe_backward", 0) + evaluated
         stats["nfe_recompute"] = stats.get("nfe_recompute", 0) + nfe_recompute
         stats["steps_backward"] = stats.get("steps_backward", 0) + n
         if peak_extra:
-            segment_peak = (len(kept_index) + peak_extra) * self.state_bytes + n * _TIME_BYTES_PER_STEP
+            per = 2 if fsal else 1
+            segment_peak = (len(kept_index) + peak_extra) * per * self.state_bytes + n * _TIME_BYTES_PER_STEP
             stats["checkpoint_bytes_peak"] = max(stats["checkpoint_bytes_peak"], segment_peak)
         return (grad_y0 if need_y0 else None), grad_s, grad_params
 
@@ -330,7 +425,8 @@ class _ACAFunction(torch.autograd.Function):
 
 def solve_aca(problem: ODEProblem, solver: Solver, rule: ACA, **options: Any) -> Solution:
     reject_options("solve(ODEProblem, Solver, ACA)", options)
-    field = VectorField(problem.flat_field(), problem.direction)
+    pfield = _PrimableField(problem.flat_field())
+    field = VectorField(pfield, problem.direction)
     stepper = odeplug.make_stepper(solver, field, problem.layout)
     s = odeplug.solver_times(problem.ts, problem.direction)
     y0 = problem.flat_y0()
@@ -346,6 +442,6 @@ def solve_aca(problem: ODEProblem, solver: Solver, rule: ACA, **options: Any) ->
         stats.update(nfe=field.nfe, steps_accepted=counts.accepted, steps_rejected=counts.rejected,
                      checkpoints=0, checkpoint_bytes_peak=0)
         return Solution(problem.unflatten(ys), problem.ts, stats)
-    tape = _Tape(stepper, rule.max_checkpoints, stats, len(params))
+    tape = _Tape(stepper, pfield, rule.max_checkpoints, stats, len(params))
     ys = _ACAFunction.apply(tape, y0, s, *params)
     return Solution(problem.unflatten(ys), problem.ts, stats)

@@ -1,1 +1,250 @@
+"""Bench task ``aca``: peak memory and time per training step of ACA against the Direct rule (and
+the Adjoint rule, when its plugin is loaded) on the sines task, side by side in one process.
+
+Settings (issue 5): hidden widths W = 200 and 1000 at rtol = atol = 1e-5, and the tight tolerance
+1e-7 at both widths. Every rule trains its own identically initialised model (same seed, same
+Adam learning rate); the rules take turns step by step, so they see the same machine state.
+
+Memory of the gradient computation (solve + loss + backward; the optimiser step is left out, its
+state being the same for every rule), two figures:
+
+- ``peak_MB``: the peak of the memory allocated by it. On CUDA, ``torch.cuda.max_memory_allocated()``
+  minus the allocation at the start. On CPU (PyTorch keeps no allocator statistics there), the
+  peak bytes of the live tensor storages it creates, counted by :class:`LiveStorageBytes` (a
+  dispatch mode that adds a storage's size when an operator creates it and subtracts it when it
+  is freed; a view is not a new storage, so views of parameters or of any older tensor add
+  nothing). It includes the parameter gradients and autograd's buffers for summing them (about
+  three parameter-sized tensors in any backward over a weight used several times; ACA, which
+  sums its per-step parameter gradients itself, holds one more).
+- ``held_MB``: the peak bytes held *for backward*: the distinct storages of the tensors autograd
+  saves (the Direct rule's graph; ACA's checkpoints, saved with ``save_for_backward``, and the
+  one-step graph of its backward; the Adjoint rule's saved outputs and VJP graphs), counted
+  through ``torch.autograd.graph.saved_tensors_hooks`` while autograd holds them; parameters
+  excluded. This is what the gradient rules differ in.
+
+The memory step is a separate, untimed step (the meters cost time); the timed steps run without them.
+"""
+
 from __future__ import annotations
+
+import gc
+import statistics
+import time
+import weakref
+from typing import Any
+
+import torch
+
+import odeplug
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from odeplug.bench import BenchOptions, gradient_rules, task
+from odeplug.bench._progress import progress
+from odeplug.bench._sines import SecondOrderField, SinesData, learning_rate
+
+__all__ = ["LiveStorageBytes", "SavedTensorBytes", "aca_bench"]
+
+
+class LiveStorageBytes(TorchDispatchMode):
+    """Peak bytes of the tensor storages created while active (``with LiveStorageBytes() as m``;
+    then ``m.peak``). An operator's output whose storage already existed (a view, an in-place
+    result) adds nothing; a new storage is counted until it is freed (weakref finalizer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._live: set[int] = set()
+
+    def _release(self, key: int, size: int) -> None:
+        self._live.discard(key)
+        self.current -= size
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr()
+                  for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for value in tree_flatten(out)[0]:
+            if not isinstance(value, torch.Tensor):
+                continue
+            storage = value.untyped_storage()
+            key = storage.data_ptr()
+            if key == 0 or key in inputs or key in self._live:
+                continue
+            size = storage.nbytes()
+            self._live.add(key)
+            self.current += size
+            self.peak = max(self.peak, self.current)
+            weakref.finalize(storage, self._release, key, size)
+        return out
+
+
+class _Held:
+    __slots__ = ("counter", "key", "tensor")
+
+    def __init__(self, counter: SavedTensorBytes, key: int, nbytes: int, tensor: torch.Tensor) -> None:
+        self.counter, self.key, self.tensor = counter, key, tensor
+        counter._acquire(key, nbytes)
+
+    def __del__(self) -> None:
+        self.counter._release(self.key)
+
+
+class SavedTensorBytes:
+    """Peak bytes of the distinct storages autograd holds for backward while active
+    (``with SavedTensorBytes(exclude=model.parameters()) as m``; then ``m.peak``)."""
+
+    def __init__(self, exclude: Any = ()) -> None:
+        self._exclude = {t.untyped_storage().data_ptr() for t in exclude}
+        self._refs: dict[int, list[int]] = {}
+        self.current = 0
+        self.peak = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _acquire(self, key: int, nbytes: int) -> None:
+        entry = self._refs.get(key)
+        if entry is None:
+            self._refs[key] = [1, nbytes]
+            self.current += nbytes
+            self.peak = max(self.peak, self.current)
+        else:
+            entry[0] += 1
+
+    def _release(self, key: int) -> None:
+        entry = self._refs[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            del self._refs[key]
+            self.current -= entry[1]
+
+    def _pack(self, tensor: torch.Tensor) -> Any:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key in self._exclude or key == 0:
+            return tensor
+        return _Held(self, key, storage.nbytes(), tensor)
+
+    @staticmethod
+    def _unpack(packed: Any) -> torch.Tensor:
+        return packed.tensor if isinstance(packed, _Held) else packed
+
+    def __enter__(self) -> SavedTensorBytes:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hooks.__exit__(*exc)
+
+
+class _Trainer:
+    """One rule training its own model on the sines data."""
+
+    def __init__(self, rule: Any, width: int, tol: float, data: SinesData, seed: int, device: str) -> None:
+        torch.manual_seed(seed)
+        self.rule = rule
+        self.data = data
+        self.model = SecondOrderField(width).to(device)
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=learning_rate(width))
+        self.solver = odeplug.Dopri5(rtol=tol, atol=tol)
+        self.device = device
+        self.times: list[float] = []
+        self.stats: dict[str, Any] = {}
+        self.loss = float("nan")
+
+    def gradient(self) -> None:
+        self.optimiser.zero_grad()
+        sol = odeplug.solve(odeplug.ODEProblem(self.model, self.data.y0, self.data.ts), self.solver,
+                            self.rule)
+        loss = torch.mean((sol.ys[..., 0] - self.data.x) ** 2)
+        loss.backward()
+        self.stats = dict(sol.stats)
+        self.loss = float(loss.detach())
+
+    def step(self) -> None:
+        self.gradient()
+        self.optimiser.step()
+
+    def timed_step(self) -> None:
+        _sync(self.device)
+        start = time.perf_counter()
+        self.step()
+        _sync(self.device)
+        self.times.append(time.perf_counter() - start)
+
+    def memory_step(self) -> tuple[int, int]:
+        """(peak bytes allocated, peak bytes held for backward) of one gradient computation."""
+        gc.collect()
+        held = SavedTensorBytes(exclude=self.model.parameters())
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            with held:
+                self.gradient()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            with LiveStorageBytes() as meter, held:
+                self.gradient()
+            peak = meter.peak
+        self.optimiser.step()
+        gc.collect()
+        return peak, held.peak
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _rules() -> list[tuple[str, Any]]:
+    rules = [("Direct", odeplug.Direct()), ("ACA", odeplug.ACA())]
+    try:
+        rules.append(("Adjoint", odeplug.Adjoint()))
+    except AttributeError:  # the Adjoint plugin is not installed or not loaded
+        pass
+    return rules
+
+
+@task("aca", "ACA vs Direct (and Adjoint): peak memory and time per training step on sines")
+def aca_bench(options: BenchOptions) -> list[dict[str, Any]]:
+    widths = options.widths or (200, 1000)
+    tol = options.tol or 1e-5
+    epochs = options.epochs or 4
+    settings = [(w, tol) for w in widths] + [(w, 1e-7) for w in widths if tol != 1e-7]
+    data = SinesData(seed=options.seed, device=options.device)
+    rules = _rules() if options.rules is None else list(gradient_rules(options.rules).items())
+    rows: list[dict[str, Any]] = []
+    with progress(total=len(settings) * len(rules) * (epochs + 1), enabled=options.progress,
+                  desc="aca") as bar:
+        for width, setting_tol in settings:
+            trainers = [(name, _Trainer(rule, width, setting_tol, data, options.seed, options.device))
+                        for name, rule in rules]
+            memory = {}
+            for name, trainer in trainers:  # first step: memory (also the warm-up)
+                memory[name] = trainer.memory_step()
+                bar.update(1)
+            for _ in range(epochs):
+                for name, trainer in trainers:
+                    trainer.timed_step()
+                    bar.update(1)
+            reference = dict(trainers).get("Direct")
+            for name, trainer in trainers:
+                step_s = statistics.median(trainer.times)
+                row = {
+                    "rule": name, "width": width, "tol": setting_tol,
+                    "steps": trainer.stats.get("steps_accepted"),
+                    "nfe_fwd": trainer.stats.get("nfe"),
+                    "nfe_bwd": trainer.stats.get("nfe_backward"),
+                    "checkpoints": trainer.stats.get("checkpoints"),
+                    "peak_MB": memory[name][0] / 2**20,
+                    "held_MB": memory[name][1] / 2**20,
+                    "step_s": step_s,
+                }
+                if reference is not None:
+                    row["peak_vs_Direct"] = memory[name][0] / memory["Direct"][0]
+                    row["held_vs_Direct"] = memory[name][1] / memory["Direct"][1]
+                    row["time_vs_Direct"] = step_s / statistics.median(reference.times)
+                row["final_loss"] = trainer.loss
+                rows.append(row)
+    return rows
