@@ -37,7 +37,7 @@ from ._nouns import (
 from ._plugins import PluginInfo, PluginLoadWarning, export, plugins
 from ._problem import ODEProblem, Problem
 from ._solution import Solution, Stats
-from ._solve import solve
+from ._solve import reject_options, solve
 from ._stepping import Counts, Step, Stepper, StepState, VectorField, advance
 from ._integrate import integrate, solver_times
 from ._verbs import make_stepper, norm, quadrature, sample, terms, wong_zakai
@@ -52,7 +52,7 @@ __all__ = [
     # verbs and extension
     "register", "resolve", "export", "plugins", "PluginInfo", "PluginLoadWarning",
     "make_stepper", "norm", "quadrature", "terms", "sample", "wong_zakai",
-    "configuration", "final",
+    "configuration", "final", "reject_options",
     # the stepping contract
     "Layout", "Block", "VectorField", "Stepper", "StepState", "Step", "Counts", "advance",
     "integrate", "solver_times",

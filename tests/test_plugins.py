@@ -189,3 +189,26 @@ def test_quiet_import_has_no_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         op.plugins()
+
+
+def test_the_docs_solver_example_works_with_every_stepping_rule():
+    from odeplug_solvers import AdaptiveRungeKutta, ButcherTableau
+
+    heun_euler = ButcherTableau(
+        name="HeunEuler", c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), b_error=(-0.5, 0.5),
+        order=2, dense=((1.0, -0.5), (0.0, 0.5)),
+    )
+
+    @op.configuration
+    class HeunEuler(AdaptiveRungeKutta):
+        tableau = heun_euler
+
+    A = torch.tensor([[-0.3, 1.0], [-1.0, -0.3]], dtype=torch.float64)
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    ts = torch.linspace(0, 2, 3, dtype=torch.float64)
+    exact = torch.linalg.matrix_exp(2 * A) @ y0.detach()
+    for rule in (op.Direct(), op.Adjoint(), op.GQAdjoint()):
+        sol = op.solve(op.ODEProblem(lambda t, y: A @ y, y0, ts), HeunEuler(rtol=1e-8, atol=1e-8), rule)
+        assert torch.allclose(sol.ys[-1], exact, atol=1e-5)
+        (grad,) = torch.autograd.grad(sol.ys[-1].sum(), y0)
+        assert torch.allclose(grad, torch.linalg.matrix_exp(2 * A).sum(0), atol=1e-4)
