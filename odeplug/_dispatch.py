@@ -178,7 +178,10 @@ def unregister_for_tests(name: str, signature: tuple[type, ...]) -> None:
     record = _SIGNATURES.pop((name, signature))
     _METHODS.remove(record)
     function = _VERBS[name]
-    function._resolver.methods[:] = [  # noqa: SLF001
-        m for m in function._resolver.methods if tuple(m.signature.types) != signature
+    function._resolve_pending_registrations()  # noqa: SLF001
+    # plum re-registers from `_resolved` when its cache is cleared: drop the method there.
+    function._resolved = [  # noqa: SLF001
+        entry for entry in function._resolved  # noqa: SLF001
+        if entry[1] is None or tuple(entry[1].types) != signature
     ]
     function.clear_cache()

@@ -126,6 +126,6 @@ class Layout:
         """Split a flat buffer (or a stack of them, leading dims kept) into block-shaped views."""
         lead = flat.shape[:-1]
         return tuple(
-            part.reshape(*lead, *block.shape)
+            part.reshape((*lead, *block.shape))
             for part, block in zip(flat.split(self.sizes, dim=-1), self.blocks)
         )

@@ -86,20 +86,12 @@ def test_gradcheck_tuple_state():
     assert torch.autograd.gradcheck(fn, (a, b, params[0], params[-1]), **TIGHT)
 
 
-_DETACHED_LAST_STEP = pytest.mark.xfail(
-    strict=True,
-    reason="fixed-step solvers detach the size of the last (shortened) step "
-    "(plugins/odeplug_solvers/_stepper.py, RungeKuttaStepper._fixed_attempt: h = where(...)"
-    ".detach()), so dys/dt0 and dys/dt_end miss dΦ/dh of that step and are off by O(dt^p): "
-    "1.5e-2 for Euler, 1.4e-4 for Midpoint, 1.7e-9 for RK4 at dt = 0.1 (RK4 within "
-    "the 1e-8 tolerance); torchdiffeq's fixed grid differentiates it and passes",
-)
 
 
 @pytest.mark.parametrize("which", ["t0", "t_end"])
 @pytest.mark.parametrize("solver", [
-    pytest.param(op.Euler(dt=0.1), marks=_DETACHED_LAST_STEP, id="Euler"),
-    pytest.param(op.Midpoint(dt=0.1), marks=_DETACHED_LAST_STEP, id="Midpoint"),
+    pytest.param(op.Euler(dt=0.1), id="Euler"),
+    pytest.param(op.Midpoint(dt=0.1), id="Midpoint"),
     pytest.param(op.RK4(dt=0.1), id="RK4"),
 ])
 def test_gradcheck_end_times_fixed_step(solver, which):

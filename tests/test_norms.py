@@ -244,12 +244,6 @@ def test_rms_seminorm_can_exceed_rms():
     assert math.isclose(float(_norm(op.RMSNorm(), x, layout)), math.sqrt(0.5))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Seminorm over a layout with only integral blocks returns NaN (RMS base) or raises "
-    "RuntimeError 'max(): Expected reduction dim' (Max/Mixed base) instead of 0 "
-    "(plugins/odeplug_norms/__init__.py, norm(Seminorm, ...): empty state part)",
-)
 @pytest.mark.parametrize("n", SEMINORMS, ids=repr)
 def test_seminorm_of_integral_only_layout_is_zero(n):
     layout = op.Layout((op.Block("a_theta", (3,), "integral"),))
@@ -302,7 +296,7 @@ def test_user_norm_is_used_by_solve(scaled_rms):
 
 @op.configuration
 class ThrowAwayNorm(op.Norm):
-    """Registered and unregistered by one test (never reused: see its xfail reason)."""
+    """Registered and unregistered by one test."""
 
 
 def _throw_away_norm(n: ThrowAwayNorm, x: torch.Tensor, layout: op.Layout):
@@ -312,12 +306,6 @@ def _throw_away_norm(n: ThrowAwayNorm, x: torch.Tensor, layout: op.Layout):
 _throw_away_norm.__name__ = "norm"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="odeplug._dispatch.unregister_for_tests clears plum's resolver, but plum 2.10's "
-    "clear_cache() re-queues every registration from Function._pending, the removed one "
-    "included, so the method comes back on the next call",
-)
 def test_user_norm_registration_is_undone():
     x, layout = torch.ones(4, dtype=F64), op.Layout.of(torch.ones(4))
     op.register(_throw_away_norm)

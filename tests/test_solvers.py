@@ -147,12 +147,6 @@ def test_dopri5_parity_mlp(problem, tol):
     assert_parity(field, y0, ts, tol, tol * 0.1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a tuple state with a 0-d tensor fails with TypeError 'reshape() missing 1 required "
-    "positional arguments' in Layout.unflatten (odeplug/_layout.py: part.reshape(*lead, "
-    "*block.shape) is reshape() when both are empty; reshape((*lead, *block.shape)) works)",
-)
 def test_dopri5_parity_tuple_with_scalar_element():
     f, f_tuple = van_der_pol(1.0)
     y0 = (torch.tensor(2.0, dtype=F64), torch.tensor(0.0, dtype=F64))
@@ -271,12 +265,6 @@ def test_torchdiffeq_bridge_fixed_grid_values():
     assert sol.stats.nfe == 4 * 20  # torchdiffeq's rk4: 20 steps of 4 evaluations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the bridge counts steps with callback_accept_step, which torchdiffeq's fixed-grid "
-    "solvers do not call (they call callback_step): steps_accepted is 0 for 20 rk4 steps and "
-    "torchdiffeq warns 'does not support callbacks' (plugins/odeplug_torchdiffeq/__init__.py)",
-)
 def test_torchdiffeq_bridge_fixed_grid_counts_steps():
     a, y0 = linear_system(4)
     ts = torch.linspace(0, 2, 4, dtype=F64)

@@ -79,7 +79,7 @@ class RungeKuttaStepper(Stepper):
         f0 = self.field(t0.to(y0.dtype), y0)
         if not self.adaptive:
             h = torch.as_tensor(self.dt, dtype=t0.dtype, device=t0.device)
-            self._t_end = t_end.detach()
+            self._t_end = t_end
             return StepState(t0, y0, f0, h)
         if self.first_step is not None:
             h = torch.as_tensor(self.first_step, dtype=t0.dtype, device=t0.device)
@@ -182,8 +182,9 @@ class RungeKuttaStepper(Stepper):
     ) -> tuple[StepState, Step | None, tuple[bool, bool, bool, bool]]:
         t0, y0, f0, dt = state
         remaining = (t_target if land else self._t_end) - t0
-        # Land exactly on the end time instead of overshooting it or leaving a sliver.
-        h = torch.where(remaining <= dt * (1 + 1e-9), remaining, dt).detach()
+        # Land exactly on the end time instead of overshooting it or leaving a sliver. That last
+        # step's size depends on the end time, and (unlike adaptive step sizes) is differentiated.
+        h = torch.where(remaining <= dt * (1 + 1e-9), remaining, dt)
         t1 = t0 + h
         stages, _ = self._stages(t0, y0, f0, h, t1)
         y1 = torch.addmv(y0, stages.t(), self._coef["b"] * h.to(y0.dtype))

@@ -52,11 +52,26 @@ class _CountingFunc(torch.nn.Module):
         self.nfe += 1
         return self.f(t, y)
 
+
+class _AdaptiveCounting(_CountingFunc):
     def callback_accept_step(self, t0, y0, dt):
         self.accepted += 1
 
     def callback_reject_step(self, t0, y0, dt):
         self.rejected += 1
+
+
+class _FixedGridCounting(_CountingFunc):
+    # torchdiffeq's fixed-grid solvers call only callback_step, once per (always accepted) step.
+    def callback_step(self, t0, y0, dt):
+        self.accepted += 1
+
+
+def _counting(method: str, f):
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    adaptive = "callback_accept_step" in SOLVERS[method].valid_callbacks()
+    return (_AdaptiveCounting if adaptive else _FixedGridCounting)(f)
 
 
 def register() -> None:
@@ -67,7 +82,7 @@ def register() -> None:
         import torchdiffeq
 
         reject_options("solve(ODEProblem, TorchDiffEq, Direct)", options)
-        func = _CountingFunc(problem.f)
+        func = _counting(solver.method, problem.f)
         y0 = problem.y0
         ys = torchdiffeq.odeint(
             func, y0, problem.ts, rtol=solver.rtol, atol=solver.atol, method=solver.method,
