@@ -305,7 +305,7 @@ def test_sde_adjoint_matches_sde_direct(noise):
     adjoint = op.solve(problem, solver, op.Adjoint())
     torch.testing.assert_close(adjoint.ys, direct.ys, rtol=0, atol=0)
     for a, d in zip(_grads(adjoint.ys, problem, y0), _grads(direct.ys, problem, y0)):
-        torch.testing.assert_close(a, d, rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(a, d, rtol=1e-6, atol=1e-7 * float(d.abs().max()))
     # counted, not estimated: every call of the user's drift, forward and backward
     assert direct.stats["nfe"] == direct.stats["nfe_diffusion"] == forward_calls >= 101
     assert "nfe_backward" not in direct.stats

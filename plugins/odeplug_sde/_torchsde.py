@@ -171,7 +171,7 @@ def solve_torchsde(problem: SDEProblem, solver: SDESolver, adjoint: bool, where:
     entropy = _entropy(solver, generator)
     bm = torchsde.BrownianInterval(
         t0=float(ts[0]), t1=float(ts[-1]), size=(y0.shape[0], problem.noise_shape[-1]),
-        dtype=y0.dtype, device=y0.device, entropy=entropy,
+        dtype=y0.dtype, device=y0.device, entropy=entropy, dt=solver.dt,  # dt: the tree for fixed steps
         levy_area_approximation="foster" if solver.method == "log_ode" else "none",
     )
     if adjoint:
