@@ -86,8 +86,6 @@ def test_gradcheck_tuple_state():
     assert torch.autograd.gradcheck(fn, (a, b, params[0], params[-1]), **TIGHT)
 
 
-
-
 @pytest.mark.parametrize("which", ["t0", "t_end"])
 @pytest.mark.parametrize("solver", [
     pytest.param(op.Euler(dt=0.1), id="Euler"),
@@ -95,6 +93,8 @@ def test_gradcheck_tuple_state():
     pytest.param(op.RK4(dt=0.1), id="RK4"),
 ])
 def test_gradcheck_end_times_fixed_step(solver, which):
+    """dys/dt0 and dys/dt_end: the last, shortened step depends on both, and that dependence is
+    differentiated (otherwise the error is O(dt^p): 1.5e-2 for Euler at dt = 0.1)."""
     g = torch.Generator().manual_seed(3)
     w = torch.randn(3, 3, generator=g, dtype=F64) * 0.7
     y0 = torch.randn(2, 3, generator=g, dtype=F64)
