@@ -44,7 +44,6 @@ from odeplug import (
     configuration,
     final,
 )
-from odeplug._solve import reject_options
 
 __all__ = ["ACA", "solve_aca"]
 
@@ -91,6 +90,30 @@ class ACA(GradientRule):
     """
 
     max_checkpoints: int | None = attrs.field(default=None, validator=_budget)
+
+
+def _step_sizes(
+    t0: torch.Tensor, t1: torch.Tensor, proposed: torch.Tensor, end: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The size of every accepted step (1-D tensors of starts, ends and proposed sizes), and
+    which step landed on the end time ``end``.
+
+    A step of the proposed size h ends at t1 = t0 + h. A fixed-step solver shortens the step
+    that would pass the end time to land on it (see ``Stepper.start``): that step is
+    h = end − t0, which depends on the times (the Direct rule differentiates it), and it may be
+    followed by a sliver when t0 + (end − t0) rounds short of the end. So a step is taken as
+    landing when it ends where such a step ends, t1 = t0 + (end − t0) in floating point, and
+    either not where its proposed size would (t0 + h ≠ t1) or it is the final step (then
+    ending on the end is what a fixed step does; an adaptive step passes the end, and to end
+    within rounding of it would be a coincidence). Any other step whose end is not t0 + h keeps
+    h = t1 − t0, a constant.
+    """
+    final = torch.zeros_like(t1, dtype=torch.bool)
+    final[-1] = True
+    as_proposed = t0 + proposed == t1
+    landed = (t0 + (end - t0) == t1) & (final | ~as_proposed)
+    h = torch.where(landed, end - t0, torch.where(as_proposed, proposed, t1 - t0))
+    return h, landed
 
 
 def _own(t: torch.Tensor) -> torch.Tensor:
@@ -183,8 +206,8 @@ class _Tape:
     """What one ACA solve keeps between its forward and its backward (not the tensors saved
     for backward, which go through ``ctx.save_for_backward`` so autograd frees them)."""
 
-    __slots__ = ("stepper", "field", "budget", "stats", "kept_index", "fsal", "state_bytes",
-                 "n_steps", "n_params", "_pending")
+    __slots__ = ("stepper", "field", "budget", "stats", "kept_index", "fsal", "landed",
+                 "state_bytes", "n_steps", "n_params", "_pending")
 
     def __init__(self, stepper: Stepper, field: _PrimableField, budget: int | None, stats: Stats,
                  n_params: int) -> None:
@@ -195,6 +218,7 @@ class _Tape:
         self.n_params = n_params
         self.kept_index: list[int] = []
         self.fsal = False
+        self.landed: list[bool] = []
         self.state_bytes = 0
         self.n_steps = 0
         self._pending: tuple[torch.Tensor, ...] = ()
@@ -215,13 +239,9 @@ class _Tape:
         def on_step(step: Step) -> None:
             nonlocal stride, peak_kept
             j = len(t0s)
-            h = recorder.h
-            # A step of the proposed size ends at t1 = t0 + h. A step shortened to land on a time
-            # (a fixed-step solver's end time) ends there, at t1 = t0 + (t1 − t0).
-            h = torch.where(step.t0 + h == step.t1, h, step.t1 - step.t0)
             t0s.append(step.t0)
             t1s.append(step.t1)
-            hs.append(h)
+            hs.append(recorder.h)  # the proposed size (a landing step is told apart below)
             if j % stride == 0:
                 kept_index.append(j)
                 kept.append((_own(step.y0), _own(recorder.f) if recorder.fsal else None))
@@ -249,7 +269,10 @@ class _Tape:
             + self.n_steps * _TIME_BYTES_PER_STEP,
         )
         tensors = [y for y, _ in kept] + ([f for _, f in kept] if self.fsal else [])
-        self._pending = (torch.stack(t0s), torch.stack(hs), torch.stack(t1s), *tensors)
+        t0, t1, h = torch.stack(t0s), torch.stack(t1s), torch.stack(hs)
+        h, on_end = _step_sizes(t0, t1, h, s[-1].to(t0.dtype))
+        self.landed = on_end.tolist()
+        self._pending = (t0, h, t1, *tensors)
         return ys
 
     def take_saved(self) -> tuple[torch.Tensor, ...]:
@@ -272,10 +295,13 @@ class _Tape:
         sign = field.direction  # F = sign · f(sign · s, y): a primed f-value is sign · F
         nfe_start, hits_start = field.nfe, pfield.hits
         t0s, hs, t1s, *checkpoints = saved
-        kept_index = self.kept_index
+        kept_index, landed = self.kept_index, self.landed
         kept_y = checkpoints[: len(kept_index)]
         kept_f = checkpoints[len(kept_index):] if fsal else None
         n = self.n_steps
+        after_landing = [False] * n
+        for j in range(1, n):
+            after_landing[j] = after_landing[j - 1] or landed[j - 1]
 
         # Output k >= 1 lies in the first accepted step whose end reaches s_k (as in `advance`).
         s_detached = s.detach()
@@ -324,7 +350,11 @@ class _Tape:
                         primed = (f0 if sign > 0 else -f0).detach().requires_grad_(True)
                         pfield.prime(y0, primed)
                     t0 = t0s[j].detach().requires_grad_(True) if need_s else t0s[j]
-                    step = stepper.step_from(t0, y0, hs[j])
+                    h = hs[j]
+                    if need_s and landed[j]:  # h = s_end − t0, as in the forward
+                        end_leaf = s_detached[-1].to(t0.dtype).clone().requires_grad_(True)
+                        h = end_leaf - t0
+                    step = stepper.step_from(t0, y0, h)
                     pfield.clear()
                     outs: list[torch.Tensor] = []
                     cotangents: list[torch.Tensor] = []
@@ -349,6 +379,8 @@ class _Tape:
                         inputs.append(primed)
                     if need_s:
                         inputs += [t0, *time_leaves]
+                        if landed[j]:
+                            inputs.append(end_leaf)
                     grads = torch.autograd.grad(outs, inputs, cotangents, allow_unused=True)
                 a = grads[0] if grads[0] is not None else torch.zeros_like(y0)
                 for i in range(len(wanted)):
@@ -368,10 +400,17 @@ class _Tape:
                     base += 1
                 if need_s:
                     if grads[base] is not None:
-                        grad_t0 = grad_t0 + grads[base]
+                        # A step's start is s_0 + Σ h (constant h) until a step lands on the
+                        # end time: from there on it is s_end + Σ h.
+                        if after_landing[j]:
+                            grad_s[-1] += grads[base]
+                        else:
+                            grad_t0 = grad_t0 + grads[base]
                     for k, g_k in zip(outputs_here, grads[base + 1:]):
                         if g_k is not None:
                             grad_s[k] += g_k
+                    if landed[j] and grads[-1] is not None:
+                        grad_s[-1] += grads[-1]
                 # Free this step's gradients (parameter-sized) and graph before the next VJP.
                 del grads, outs, cotangents, step
 
@@ -424,7 +463,7 @@ class _ACAFunction(torch.autograd.Function):
 
 
 def solve_aca(problem: ODEProblem, solver: Solver, rule: ACA, **options: Any) -> Solution:
-    reject_options("solve(ODEProblem, Solver, ACA)", options)
+    odeplug.reject_options("solve(ODEProblem, Solver, ACA)", options)
     pfield = _PrimableField(problem.flat_field())
     field = VectorField(pfield, problem.direction)
     stepper = odeplug.make_stepper(solver, field, problem.layout)
