@@ -208,7 +208,7 @@ def test_the_docs_solver_example_works_with_every_stepping_rule():
     ts = torch.linspace(0, 2, 3, dtype=torch.float64)
     exact = torch.linalg.matrix_exp(2 * A) @ y0.detach()
     for rule in (op.Direct(), op.Adjoint(), op.GQAdjoint()):
-        sol = op.solve(op.ODEProblem(lambda t, y: A @ y, y0, ts), HeunEuler(rtol=1e-8, atol=1e-8), rule)
-        assert torch.allclose(sol.ys[-1], exact, atol=1e-5)
+        sol = op.solve(op.ODEProblem(lambda t, y: A @ y, y0, ts), HeunEuler(rtol=1e-6, atol=1e-6), rule)
+        assert torch.allclose(sol.ys[-1], exact, atol=1e-4)
         (grad,) = torch.autograd.grad(sol.ys[-1].sum(), y0)
-        assert torch.allclose(grad, torch.linalg.matrix_exp(2 * A).sum(0), atol=1e-4)
+        assert torch.allclose(grad, torch.linalg.matrix_exp(2 * A).sum(0), atol=1e-3)
