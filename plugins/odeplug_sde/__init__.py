@@ -101,6 +101,6 @@ def register() -> None:
     def make_stepper(solver: SDESolver, field: VectorField, layout: Layout):  # noqa: F811
         not_an_ode_solver()
 
-    odeplug.export(SDEProblem, SDESolver, KarhunenLoeve, WienerPath)
+    odeplug.export(SDEProblem, SDESolver, KarhunenLoeve, KarhunenLoevePath, WienerPath)
 
     from . import _bench  # noqa: F401  (registers the bench task "ou")
