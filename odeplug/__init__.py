@@ -28,6 +28,7 @@ from ._layout import Block, Layout
 from ._nouns import (
     GradientRule,
     Norm,
+    Noun,
     Quadrature,
     Solver,
     WienerApproximation,
@@ -48,7 +49,7 @@ __all__ = [
     # front door
     "solve", "ODEProblem", "Problem", "Solution", "Stats",
     # abstract nouns
-    "Solver", "Norm", "GradientRule", "Quadrature", "WienerApproximation",
+    "Noun", "Solver", "Norm", "GradientRule", "Quadrature", "WienerApproximation",
     # verbs and extension
     "register", "resolve", "export", "plugins", "PluginInfo", "PluginLoadWarning",
     "make_stepper", "norm", "quadrature", "terms", "sample", "wong_zakai",

@@ -49,6 +49,7 @@ _exports: dict[str, Any] = {}
 _export_owner: dict[str, str] = {}
 _current: list[str] = []
 _done: dict[tuple[str, str], PluginInfo] = {}  # hooks run once per process, even across reloads
+_loading = False  # a plugin's import may look names up on odeplug while loading runs
 
 
 def export(*objects: Any) -> None:
@@ -66,7 +67,8 @@ def export(*objects: Any) -> None:
 
 
 def exported() -> dict[str, Any]:
-    ensure_loaded()
+    if not _loading:
+        ensure_loaded()
     return dict(_exports)
 
 
@@ -79,29 +81,40 @@ def _distribution(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
 
 def ensure_loaded() -> list[PluginInfo]:
     """Load every plugin once (thread-safe); return what happened to each."""
-    global _loaded
+    global _loaded, _loading
     if _loaded is not None:
         return _loaded
     with _lock:
         if _loaded is not None:
             return _loaded
-        strict = os.environ.get("ODEPLUG_STRICT_PLUGINS", "") not in ("", "0")
-        infos: list[PluginInfo] = []
-        seen: set[tuple[str, str]] = set()
-        for ep in sorted(importlib.metadata.entry_points(group=GROUP), key=lambda e: e.name):
-            if (ep.name, ep.value) in seen:  # the same distribution found twice on sys.path
-                continue
-            seen.add((ep.name, ep.value))
-            key = (ep.name, ep.value)
-            if key not in _done:
-                info = _load_one(ep, strict)
-                if info.status == "loaded":
-                    _done[key] = info
-            else:
-                info = _done[key]
-            infos.append(info)
-        _loaded = infos
-        return infos
+        if _loading:  # re-entered from a plugin being loaded: answer with what is loaded so far
+            return list(_done.values())
+        _loading = True
+        try:
+            return _load_all()
+        finally:
+            _loading = False
+
+
+def _load_all() -> list[PluginInfo]:
+    global _loaded
+    strict = os.environ.get("ODEPLUG_STRICT_PLUGINS", "") not in ("", "0")
+    infos: list[PluginInfo] = []
+    seen: set[tuple[str, str]] = set()
+    for ep in sorted(importlib.metadata.entry_points(group=GROUP), key=lambda e: e.name):
+        key = (ep.name, ep.value)
+        if key in seen:  # the same distribution found twice on sys.path
+            continue
+        seen.add(key)
+        if key not in _done:
+            info = _load_one(ep, strict)
+            if info.status == "loaded":
+                _done[key] = info
+        else:
+            info = _done[key]
+        infos.append(info)
+    _loaded = infos
+    return infos
 
 
 def _load_one(ep: importlib.metadata.EntryPoint, strict: bool) -> PluginInfo:
