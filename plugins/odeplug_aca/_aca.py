@@ -13,9 +13,11 @@ vector–Jacobian product pulls the adjoint back through it:
 
 with the same product giving the step's contribution to dL/dθ, to dL/ds_k through the dense
 output ŷ, and to dL/ds_0 through the step's start time s_i = s_0 + Σ_{j<i} h_j (the h_j are
-constants, as in the Direct rule). The gradients are therefore those of the Direct rule (the
-exact derivative of the computed solution), with the memory of one step's graph plus the
-checkpoints.
+constants, as in the Direct rule, except a fixed-step solver's step landing on the end time,
+h = s_end − s_i, differentiated as there). The gradients are therefore those of the Direct rule
+(the exact derivative of the computed solution), with the memory of one step's graph plus the
+checkpoints. For first-same-as-last methods each checkpoint also keeps F(s_i, y_i), which the
+recomputation takes instead of evaluating it (see :class:`_PrimableField`).
 
 With ``max_checkpoints = B`` only every k-th checkpoint is kept (k doubles whenever more than B
 would be stored); the backward recomputes the states of a segment without a graph from its
@@ -83,8 +85,9 @@ class ACA(GradientRule):
             ``stats["nfe_recompute"]``).
 
     Stats: ``nfe``, ``steps_accepted``, ``steps_rejected``, ``checkpoints`` (stored states),
-    ``checkpoint_bytes_peak`` (state checkpoints plus three float64 times per step; after
-    backward also the states of a recomputed segment), and after ``backward()``:
+    ``checkpoint_bytes_peak`` (state checkpoints, with F(t_i, y_i) for first-same-as-last
+    methods, plus three float64 times per step; after backward also the states of a recomputed
+    segment), and after ``backward()``:
     ``nfe_backward`` (all evaluations of the backward, recomputation included),
     ``nfe_recompute`` and ``steps_backward``.
     """
