@@ -29,11 +29,12 @@ class LiveTensorBytes(TorchDispatchMode):
         self.peak = 0
         self._seen: set[int] = set()
 
-    def _track(self, value: Any) -> Any:
+    def _track(self, value: Any, inputs: set[int]) -> Any:
         if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
             storage = value.untyped_storage()
             key = storage.data_ptr()
-            if key and key not in self._seen:
+            # A view of an input (a parameter's transpose, say) allocates nothing.
+            if key and key not in self._seen and key not in inputs:
                 size = storage.nbytes()
                 self._seen.add(key)
                 self.current += size
@@ -47,5 +48,8 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        tree_map(self._track, out)
+        inputs: set[int] = set()
+        tree_map(lambda a: inputs.add(a.untyped_storage().data_ptr()) if isinstance(a, torch.Tensor) else None,
+                 (args, kwargs or {}))
+        tree_map(lambda v: self._track(v, inputs), out)
         return out

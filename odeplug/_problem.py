@@ -11,7 +11,7 @@ from ._errors import InvalidArgumentError
 from ._layout import Layout
 from ._nouns import Noun, final
 
-__all__ = ["ODEProblem", "Problem", "State"]
+__all__ = ["ODEProblem", "Problem", "State", "collect_params"]
 
 State = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
@@ -55,7 +55,7 @@ class ODEProblem(Problem):
         self.f = f
         self.is_tuple, self.y0 = _check_y0(y0)
         self.ts = _check_ts(ts, self.y0)
-        self.params = _collect_params(f, params)
+        self.params = collect_params("ODEProblem", (f,), params)
         self.layout = Layout.of(self.y0)
         self.direction = 1.0 if len(self.ts) < 2 or bool(self.ts[1] > self.ts[0]) else -1.0
 
@@ -178,18 +178,26 @@ def _check_ts(ts: Any, y0: State) -> torch.Tensor:
     return ts
 
 
-def _collect_params(f: Any, params: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
+def collect_params(
+    owner: str, callables: Sequence[Any], params: Sequence[torch.Tensor] | None
+) -> tuple[torch.Tensor, ...]:
+    """The tensors whose gradients a problem provides: ``params`` if given (checked), else the
+    parameters that require grad of every ``nn.Module`` among ``callables``, each once."""
     if params is not None:
         params = tuple(params)
         for i, p in enumerate(params):
             if not isinstance(p, torch.Tensor):
                 raise InvalidArgumentError(
-                    f"ODEProblem: params[{i}] must be a tensor, got {type(p).__name__}."
+                    f"{owner}: params[{i}] must be a tensor, got {type(p).__name__}."
                 )
         return params
-    if isinstance(f, torch.nn.Module):
-        return tuple(p for p in f.parameters() if p.requires_grad)
-    return ()
+    seen: dict[int, torch.Tensor] = {}
+    for fn in callables:
+        if isinstance(fn, torch.nn.Module):
+            for p in fn.parameters():
+                if p.requires_grad:
+                    seen.setdefault(id(p), p)
+    return tuple(seen.values())
 
 
 def _check_field_output(out: Any, layout: Layout, is_tuple: bool, dtype: torch.dtype) -> None:

@@ -79,8 +79,9 @@ class Stepper(Noun):
        rejected; then ``new_state`` keeps ``t`` and ``y``, with a smaller ``h``), and ``status``
        is ``(accepted, finite, step_size_ok, reached)`` as Python bools, read from one tensor
        (one device synchronisation per attempt); ``reached`` means ``new_state.t >= t_target``.
-       A rejected attempt must leave nothing in the autograd graph, and step-size arithmetic is
-       never differentiated (keep ``h`` detached). With ``land=True`` the step is shortened so
+       A rejected attempt must leave nothing in the autograd graph, and step-size *control* is
+       never differentiated (adaptive ``h`` is detached); a step shortened to land on the end
+       time (fixed-step solvers) depends on that time, and that dependence is differentiated. With ``land=True`` the step is shortened so
        that it ends exactly on ``t_target`` if it would pass it (a jump in the solution happens
        there, e.g. the adjoint's dL/dy(t_k)); after an accepted shortened step, the next step
        size is at least the one proposed before shortening, so a jump does not cost a new start.

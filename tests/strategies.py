@@ -6,6 +6,17 @@ import torch
 from hypothesis import strategies as st
 
 
+class Linear(torch.nn.Module):
+    """dz/dt = a z: the analytic problem (L = z(T)² has closed-form gradients in z0, a, t0, T)."""
+
+    def __init__(self, a: float = 0.2) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a, dtype=torch.float64))
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.a * z
+
+
 class MLPField(torch.nn.Module):
     """A random smooth vector field f(t, y) = W2 tanh(W1 y + b1 + c t) (+ time dependence)."""
 

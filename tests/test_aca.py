@@ -10,18 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import odeplug as op
-from strategies import MLPField, TupleMLPField, mlp_problems, time_grids
+from strategies import Linear, MLPField, TupleMLPField, mlp_problems, time_grids
 
 f64 = torch.float64
-
-
-class Linear(torch.nn.Module):
-    def __init__(self, a=0.2):
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.tensor(a, dtype=f64))
-
-    def forward(self, t, z):
-        return self.a * z
 
 
 def _gradients(field, y0, ts, solver, rule):

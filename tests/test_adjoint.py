@@ -12,18 +12,9 @@ from hypothesis import strategies as st
 
 import odeplug as op
 from odeplug import _dispatch
-from strategies import MLPField, mlp_problems
+from strategies import Linear, MLPField, mlp_problems
 
 f64 = torch.float64
-
-
-class Linear(torch.nn.Module):
-    def __init__(self, a=0.2):
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.tensor(a, dtype=f64))
-
-    def forward(self, t, z):
-        return self.a * z
 
 
 def analytic_errors(T, run):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import odeplug as op
 from odeplug import _dispatch
 from odeplug._memory import LiveTensorBytes
-from strategies import MLPField, TupleMLPField
+from strategies import Linear, MLPField, TupleMLPField
 
 f64 = torch.float64
 
@@ -40,15 +40,6 @@ def test_gauss_legendre_weights_sum_to_two_and_nodes_are_symmetric(n):
     assert torch.allclose(nodes, -nodes.flip(0), atol=1e-14)
     assert torch.allclose(weights, weights.flip(0), atol=1e-14)
     assert bool((weights > 0).all())
-
-
-class Linear(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.tensor(0.2, dtype=f64))
-
-    def forward(self, t, z):
-        return self.a * z
 
 
 def analytic_errors(T, rule):

@@ -9,6 +9,7 @@ import torch
 
 import odeplug
 from odeplug import InvalidArgumentError, Layout, Problem, final
+from odeplug._problem import collect_params
 
 __all__ = ["SDEProblem"]
 
@@ -111,7 +112,7 @@ class SDEProblem(Problem):
         self.ts = probe.ts
         self.noise = noise
         self.brownian_size = brownian_size
-        self.params = _collect_params(drift, diffusion, params)
+        self.params = collect_params("SDEProblem", (drift, diffusion), params)
         self.layout = Layout.of(y0)
         self.direction = probe.direction
         self.noise_shape: tuple[int, ...] = noise_shape
@@ -186,21 +187,3 @@ def _unused_field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     raise AssertionError("validation probe only")  # pragma: no cover
 
 
-def _collect_params(
-    drift: Any, diffusion: Any, params: Sequence[torch.Tensor] | None
-) -> tuple[torch.Tensor, ...]:
-    if params is not None:
-        params = tuple(params)
-        for i, p in enumerate(params):
-            if not isinstance(p, torch.Tensor):
-                raise InvalidArgumentError(
-                    f"SDEProblem: params[{i}] must be a tensor, got {type(p).__name__}."
-                )
-        return params
-    seen: dict[int, torch.Tensor] = {}
-    for fn in (drift, diffusion):
-        if isinstance(fn, torch.nn.Module):
-            for p in fn.parameters():
-                if p.requires_grad and id(p) not in seen:
-                    seen[id(p)] = p
-    return tuple(seen.values())
