@@ -10,7 +10,7 @@ state being the same for every rule), two figures:
 
 - ``peak_MB``: the peak of the memory allocated by it. On CUDA, ``torch.cuda.max_memory_allocated()``
   minus the allocation at the start. On CPU (PyTorch keeps no allocator statistics there), the
-  peak bytes of the live tensor storages it creates, counted by :class:`LiveStorageBytes` (a
+  peak bytes of the live tensor storages it creates, counted by :class:`odeplug._memory.LiveTensorBytes` (a
   dispatch mode that adds a storage's size when an operator creates it and subtracts it when it
   is freed; a view is not a new storage, so views of parameters or of any older tensor add
   nothing). It includes the parameter gradients and autograd's buffers for summing them (about
@@ -30,53 +30,17 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-import weakref
 from typing import Any
 
 import torch
 
 import odeplug
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from odeplug._memory import LiveTensorBytes
 from odeplug.bench import BenchOptions, gradient_rules, task
 from odeplug.bench._progress import progress
 from odeplug.bench._sines import SecondOrderField, SinesData, learning_rate
 
-__all__ = ["LiveStorageBytes", "SavedTensorBytes", "aca_bench"]
-
-
-class LiveStorageBytes(TorchDispatchMode):
-    """Peak bytes of the tensor storages created while active (``with LiveStorageBytes() as m``;
-    then ``m.peak``). An operator's output whose storage already existed (a view, an in-place
-    result) adds nothing; a new storage is counted until it is freed (weakref finalizer)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.current = 0
-        self.peak = 0
-        self._live: set[int] = set()
-
-    def _release(self, key: int, size: int) -> None:
-        self._live.discard(key)
-        self.current -= size
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr()
-                  for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
-        for value in tree_flatten(out)[0]:
-            if not isinstance(value, torch.Tensor):
-                continue
-            storage = value.untyped_storage()
-            key = storage.data_ptr()
-            if key == 0 or key in inputs or key in self._live:
-                continue
-            size = storage.nbytes()
-            self._live.add(key)
-            self.current += size
-            self.peak = max(self.peak, self.current)
-            weakref.finalize(storage, self._release, key, size)
-        return out
+__all__ = ["SavedTensorBytes", "aca_bench"]
 
 
 class _Held:
@@ -184,7 +148,7 @@ class _Trainer:
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() - base
         else:
-            with LiveStorageBytes() as meter, held:
+            with LiveTensorBytes() as meter, held:
                 self.gradient()
             peak = meter.peak
         self.optimiser.step()
