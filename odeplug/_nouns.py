@@ -68,19 +68,31 @@ def final(cls: _T) -> _T:
 def configuration(cls: _T) -> _T:
     """Make ``cls`` a final, frozen, keyword-only attrs class with helpful option errors.
 
-    Positional arguments and unknown keywords raise :class:`InvalidOptionError` naming the option
-    and listing the valid ones; attrs validators run as usual.
+    Unknown keywords raise :class:`InvalidOptionError` naming the option and listing the valid
+    ones; attrs validators run as usual. Options are keyword-only, except those a class names in
+    a ``positional_options`` tuple (e.g. ``KarhunenLoeve(10)`` for its ``terms``).
     """
+    positional = tuple(cls.__dict__.get("positional_options", ()))
     cls = attrs.frozen(kw_only=True)(cls)
     generated_init = cls.__init__
     valid = tuple(field.name for field in attrs.fields(cls) if field.init)
 
     @functools.wraps(generated_init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if args and len(args) <= len(positional):
+            for name, value in zip(positional, args):
+                if name in kwargs:
+                    raise InvalidOptionError(f"{cls.__name__} got {name!r} twice (positionally and by keyword).")
+                kwargs[name] = value
+            args = ()
         if args:
+            allowed = (
+                f"at most {len(positional)} positional option(s) ({', '.join(positional)})"
+                if positional else "keyword options only"
+            )
             raise InvalidOptionError(
-                f"{cls.__name__} takes keyword options only, got {len(args)} positional "
-                f"argument(s); write e.g. {cls.__name__}({', '.join(f'{v}=...' for v in valid[:2])})."
+                f"{cls.__name__} takes {allowed}, got {len(args)} positional argument(s); "
+                f"write e.g. {cls.__name__}({', '.join(f'{v}=...' for v in valid[:2])})."
             )
         unknown = [key for key in kwargs if key not in valid]
         if unknown:

@@ -120,3 +120,12 @@ def test_unsupported_combination_explains_itself():
         op.solve(problem, op.TorchDiffEq(), op.Adjoint())
     with pytest.raises(op.InvalidOptionError, match="unknown method 'rk99'"):
         op.TorchDiffEq(method="rk99")
+
+
+def test_options_a_class_declares_positional_may_be_given_positionally():
+    assert op.KarhunenLoeve(10) == op.KarhunenLoeve(terms=10)
+    assert op.TorchDiffEq("bosh3").method == "bosh3"
+    with pytest.raises(op.InvalidOptionError, match=r"at most 1 positional option\(s\) \(terms\)"):
+        op.KarhunenLoeve(10, 3)
+    with pytest.raises(op.InvalidOptionError, match="'terms' twice"):
+        op.KarhunenLoeve(10, terms=3)

@@ -75,6 +75,8 @@ class KarhunenLoeve(WienerApproximation):
     (14)–(15). ``terms=0`` is no noise at all (the drift-only ODE).
     """
 
+    positional_options = ("terms",)
+
     terms: int = attrs.field(default=10, validator=_non_negative_int)
 
 

@@ -32,6 +32,8 @@ def _known_method(instance, attribute, value):
 class TorchDiffEq(Solver):
     """Any ``torchdiffeq.odeint`` method (``method``, ``rtol``, ``atol``, its ``options`` dict)."""
 
+    positional_options = ("method",)
+
     method: str = attrs.field(default="dopri5", validator=_known_method)
     rtol: float = 1e-7
     atol: float = 1e-9
