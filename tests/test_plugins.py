@@ -212,3 +212,29 @@ def test_the_docs_solver_example_works_with_every_stepping_rule():
         assert torch.allclose(sol.ys[-1], exact, atol=1e-4)
         (grad,) = torch.autograd.grad(sol.ys[-1].sum(), y0)
         assert torch.allclose(grad, torch.linalg.matrix_exp(2 * A).sum(0), atol=1e-3)
+
+
+def _readme_python_blocks():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_the_readme_examples_run():
+    example, plugin = _readme_python_blocks()[:2]
+    namespace: dict = {}
+    exec(compile(example, "README example", "exec"), namespace)  # noqa: S102
+    assert namespace["sol"].stats["nfe_backward"] > 0
+    assert namespace["f"].net[0].weight.grad is not None
+    plugin_namespace: dict = {}
+    exec(compile(plugin, "README plugin", "exec"), plugin_namespace)  # noqa: S102
+    plugin_namespace["register"]()
+    weighted = plugin_namespace["WeightedRMS"]
+    assert op.WeightedRMS is weighted
+    y0 = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    problem = op.ODEProblem(lambda t, y: torch.sin(y) - y, y0, torch.linspace(0, 2, 3, dtype=torch.float64))
+    sol = op.solve(problem, op.Dopri5(norm=weighted()), op.Adjoint(norm=weighted(weight=4.0)))
+    sol.ys.sum().backward()
+    assert sol.stats["nfe_backward"] > 0 and y0.grad is not None

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from . import BenchOptions, gradient_rules, task
+from ._models import softplus_mlp
 from ._progress import progress
 
 __all__ = ["SinesData", "SecondOrderField", "analytic_gradient_error", "train_sines"]
@@ -60,11 +61,7 @@ class SecondOrderField(torch.nn.Module):
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.acceleration = torch.nn.Sequential(
-            torch.nn.Linear(2, width), torch.nn.Softplus(),
-            torch.nn.Linear(width, width), torch.nn.Softplus(),
-            torch.nn.Linear(width, 1),
-        )
+        self.acceleration = softplus_mlp(2, width, 1)
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.cat([y[..., 1:], self.acceleration(y)], dim=-1)

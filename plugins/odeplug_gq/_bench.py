@@ -21,6 +21,7 @@ import torch
 import odeplug
 from odeplug.bench import BenchOptions, gradient_rules, task
 from odeplug.bench._progress import progress
+from odeplug.bench._models import softplus_mlp
 from odeplug.bench._sines import sines_backward
 
 
@@ -67,11 +68,7 @@ class SpheresField(torch.nn.Module):
 
     def __init__(self, dim: int, width: int) -> None:
         super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim + 1, width), torch.nn.Softplus(),
-            torch.nn.Linear(width, width), torch.nn.Softplus(),
-            torch.nn.Linear(width, dim),
-        )
+        self.net = softplus_mlp(dim + 1, width, dim)
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([z, t.expand(z.shape[0], 1)], dim=-1))

@@ -43,6 +43,7 @@ import torch
 
 import odeplug
 from odeplug.bench import BenchOptions, gradient_rules, task
+from odeplug.bench._models import softplus_mlp
 from odeplug.bench._progress import progress
 
 __all__ = ["OUData", "TimeMLP", "gaussian_kl", "train_ou"]
@@ -57,11 +58,7 @@ class TimeMLP(torch.nn.Module):
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(2, width), torch.nn.Softplus(),
-            torch.nn.Linear(width, width), torch.nn.Softplus(),
-            torch.nn.Linear(width, 1),
-        )
+        self.net = softplus_mlp(2, width, 1)
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         time = t.to(x.dtype).expand(x.shape)
