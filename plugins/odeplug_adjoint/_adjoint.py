@@ -100,7 +100,8 @@ class _AdjointFunction(AdjointFunctionBase):
             )
         config["stats"].update(
             nfe_backward=field.nfe, steps_accepted_backward=counts.accepted,
-            steps_rejected_backward=counts.rejected, vjp_backward=field.nfe,
+            steps_rejected_backward=counts.rejected, vjp_backward=field.nfe + system.jump_vjps,
+            vjp_jumps=system.jump_vjps,
         )
         n = system.n
         grad_y0 = final[n : 2 * n] + grad_ys[0]

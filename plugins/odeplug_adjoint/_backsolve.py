@@ -11,8 +11,10 @@ In user time t, with a_z(t_K) = dL/dy(t_K) and a_θ(t_K) = a_t(t_K) = 0 (Chen et
 one vector–Jacobian product of f per evaluation. At each output time t_k, a_z jumps by
 dL/dy(t_k) and the time gradient dL/dt_k = dL/dy(t_k)ᵀ f(t_k, y_k) is recorded (and subtracted
 from a_t, so that a_t(t_0) = dL/dt_0). The solve lands exactly on each output time and continues
-with its current step size: only the first stage is re-evaluated after a jump, no interval pays
-a new initial-step search (torchdiffeq restarts its solver at every output time).
+with its current step size: no interval pays a new initial-step search (torchdiffeq restarts its
+solver at every output time). Only the first stage changes at a jump, and since the field is
+linear in a_z, that change is one VJP on the graph of the step's last evaluation (at exactly
+that point), with no new evaluation of f.
 
 Quadrature adjoints run the same solve without the a_θ and a_t channels and integrate
 a_zᵀ ∂f/∂θ themselves from the dense output (``channels="state"``).
@@ -57,6 +59,8 @@ class AdjointSystem:
                 blocks.append(Block("a_t", (1,), role="integral"))
         self.layout = Layout(tuple(blocks))
         self.param_size = sum(p.numel() for p in self.params)
+        self._last: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None = None
+        self.jump_vjps = 0
 
     def field(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """[f, −a_zᵀ∂f/∂z, −a_zᵀ∂f/∂θ, −a_zᵀ∂f/∂t] in user time; one VJP."""
@@ -71,15 +75,35 @@ class AdjointSystem:
                 t = t.detach().requires_grad_(True)
                 wrt.append(t)
             fz = self.f(t, z)
-            grads = torch.autograd.grad(fz, wrt, a, allow_unused=True)
-        parts = [fz.detach(), _or_zeros(grads[0], z)]
+            # The graph is kept until the next evaluation, for a jump at this point (see `jump`).
+            grads = torch.autograd.grad(fz, wrt, a, allow_unused=True, retain_graph=True)
+        self._last = (y, fz, wrt)
+        return self._assemble(fz.detach(), grads, z, t)
+
+    def _assemble(self, fz: torch.Tensor, grads: tuple, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        parts = [fz, _or_zeros(grads[0], z)]
         if self.with_integrals:
             parts += [_or_zeros(g, p).reshape(-1) for g, p in zip(grads[1 : 1 + len(self.params)], self.params)]
             if self.time_gradients:
                 parts.append(_or_zeros(grads[-1], t).reshape(1))
         out = torch.cat(parts)
-        out[n:].neg_()  # the adjoint channels are −a_zᵀ∂f/∂(·): one pass, no extra copies
+        out[self.n :].neg_()  # the adjoint channels are −a_zᵀ∂f/∂(·): one pass, no extra copies
         return out
+
+    def jump(self, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
+        """How ``field(t, y)`` changes when a_z jumps by ``g`` at the point last evaluated.
+
+        The field is linear in a_z, so the change is [0, −gᵀ∂f/∂z, −gᵀ∂f/∂θ, −gᵀ∂f/∂t]: one VJP
+        on the kept graph, no new evaluation of f. ``None`` if the last evaluation was not at
+        ``y`` (then the caller re-evaluates the field).
+        """
+        if self._last is None or self._last[0] is not y:
+            return None
+        _, fz, wrt = self._last
+        self._last = None
+        grads = torch.autograd.grad(fz, wrt, g, allow_unused=True)
+        self.jump_vjps += 1
+        return self._assemble(torch.zeros_like(fz), grads, wrt[0], wrt[-1])
 
     def initial(self, y_K: torch.Tensor, g_K: torch.Tensor) -> torch.Tensor:
         extra = self.param_size + (1 if self.time_gradients else 0) if self.with_integrals else 0
@@ -171,7 +195,11 @@ def run_backsolve(
         if k - 1 > 0:
             y = state.y.clone()
             y[n : 2 * n] += grad_ys[k - 1]
-            state = stepper.restart(state, y)
+            change = system.jump(state.y, grad_ys[k - 1])
+            if change is None:
+                state = stepper.restart(state, y)
+            else:  # the stepper's F is (−direction)·field
+                state = StepState(state.t, y, state.f + (-direction) * change, state.h)
             if time_grads is not None:
                 state = record_time_gradient(k - 1, state)
     if time_grads is not None:

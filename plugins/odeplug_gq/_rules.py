@@ -150,6 +150,7 @@ class _QuadratureFunction(AdjointFunctionBase):
         stats.update(
             nfe_backward=field.nfe, steps_accepted_backward=counts.accepted,
             steps_rejected_backward=counts.rejected, vjp_backward=total.vjps,
+            vjp_jumps=system.jump_vjps,
             quadrature_nodes=placement.nodes_per_interval(),
         )
         n = system.n
