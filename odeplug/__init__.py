@@ -40,7 +40,7 @@ from ._problem import ODEProblem, Problem
 from ._solution import Solution, Stats
 from ._solve import reject_options, solve
 from ._stepping import Counts, Step, Stepper, StepState, VectorField, advance
-from ._integrate import integrate, solver_times
+from ._integrate import integrate, solve_forward, solver_times
 from ._verbs import make_stepper, norm, quadrature, sample, terms, wong_zakai
 
 __version__ = "0.1.0"
@@ -56,7 +56,7 @@ __all__ = [
     "configuration", "final", "reject_options",
     # the stepping contract
     "Layout", "Block", "VectorField", "Stepper", "StepState", "Step", "Counts", "advance",
-    "integrate", "solver_times",
+    "integrate", "solve_forward", "solver_times",
     # errors
     "OdeplugError", "InvalidArgumentError", "InvalidOptionError", "UnsupportedCombinationError",
     "PluginError", "SolveError", "NonFiniteStateError", "StepSizeUnderflowError",

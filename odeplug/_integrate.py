@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 import torch
 
-from ._stepping import Counts, Step, StepState, Stepper, advance
+from ._solution import Stats
+from ._stepping import Counts, Step, StepState, Stepper, VectorField, advance
 
-__all__ = ["solver_times", "integrate"]
+__all__ = ["solver_times", "integrate", "solve_forward"]
 
 
 def solver_times(ts: torch.Tensor, direction: float) -> torch.Tensor:
@@ -35,3 +36,15 @@ def integrate(
         state, last = advance(stepper, state, s[k], counts, on_step, last)
         outputs.append(stepper.interpolate(last, s[k]))
     return torch.stack(outputs), state
+
+
+def solve_forward(problem, solver) -> tuple[torch.Tensor, Stats]:  # noqa: ANN001
+    """The forward solve every stepping rule starts with: the stacked flat outputs (K+1, n) and the
+    counted ``nfe``, ``steps_accepted``, ``steps_rejected``. Records a graph iff grad is enabled."""
+    from ._verbs import make_stepper
+
+    field = VectorField(problem.flat_field(), problem.direction)
+    stepper = make_stepper(solver, field, problem.layout)
+    counts = Counts()
+    ys, _ = integrate(stepper, problem.flat_y0(), solver_times(problem.ts, problem.direction), counts)
+    return ys, Stats(nfe=field.nfe, steps_accepted=counts.accepted, steps_rejected=counts.rejected)

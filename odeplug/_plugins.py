@@ -81,7 +81,7 @@ def _distribution(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
 
 def ensure_loaded() -> list[PluginInfo]:
     """Load every plugin once (thread-safe); return what happened to each."""
-    global _loaded, _loading
+    global _loading
     if _loaded is not None:
         return _loaded
     with _lock:

@@ -102,8 +102,7 @@ def train_sines(rule: Any, width: int, epochs: int, tol: float, seed: int, times
         loss = torch.mean((sol.ys[..., 0] - data.x) ** 2)
         loss.backward()
         optimiser.step()
-        if device != "cpu":
-            torch.cuda.synchronize()
+        _sync(device)
         step_times.append(time.perf_counter() - start)
         forward_nfe.append(sol.stats["nfe"])
         backward_nfe.append(sol.stats.get("nfe_backward"))

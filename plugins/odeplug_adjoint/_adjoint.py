@@ -8,7 +8,7 @@ import attrs
 import torch
 
 import odeplug
-from odeplug import Counts, GradientRule, ODEProblem, Solution, Solver, Stats, VectorField, configuration
+from odeplug import GradientRule, ODEProblem, Solution, Solver, Stats, configuration
 from odeplug._solve import reject_options
 
 from ._backsolve import AdjointSystem, backward_solver, run_backsolve
@@ -64,12 +64,7 @@ class Adjoint(GradientRule):
 def forward_without_graph(problem: ODEProblem, solver: Solver) -> tuple[torch.Tensor, Stats]:
     """Solve with no graph; the stacked flat outputs (K+1, n) and forward counts."""
     with torch.no_grad():
-        field = VectorField(problem.flat_field(), problem.direction)
-        stepper = odeplug.make_stepper(solver, field, problem.layout)
-        counts = Counts()
-        s = odeplug.solver_times(problem.ts.detach(), problem.direction)
-        ys, _ = odeplug.integrate(stepper, problem.flat_y0().detach(), s, counts)
-    return ys, Stats(nfe=field.nfe, steps_accepted=counts.accepted, steps_rejected=counts.rejected)
+        return odeplug.solve_forward(problem, solver)
 
 
 class AdjointFunctionBase(torch.autograd.Function):

@@ -106,7 +106,7 @@ class AdjointSystem:
         return self._assemble(torch.zeros_like(fz), grads, wrt[0], wrt[-1])
 
     def initial(self, y_K: torch.Tensor, g_K: torch.Tensor) -> torch.Tensor:
-        extra = self.param_size + (1 if self.time_gradients else 0) if self.with_integrals else 0
+        extra = (self.param_size + int(self.time_gradients)) if self.with_integrals else 0
         return torch.cat([y_K, g_K, y_K.new_zeros(extra)])
 
     def param_grads(self, y: torch.Tensor) -> list[torch.Tensor]:

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import odeplug
 from odeplug import (
-    Counts,
     GradientRule,
     ODEProblem,
     Solution,
     Solver,
-    Stats,
-    VectorField,
     configuration,
 )
 from odeplug._solve import reject_options
@@ -33,12 +30,7 @@ class Direct(GradientRule):
 
 def solve_direct(problem: ODEProblem, solver: Solver, rule: Direct, **options) -> Solution:
     reject_options("solve(ODEProblem, Solver, Direct)", options)
-    field = VectorField(problem.flat_field(), problem.direction)
-    stepper = odeplug.make_stepper(solver, field, problem.layout)
-    counts = Counts()
-    s = odeplug.solver_times(problem.ts, problem.direction)
-    ys, _ = odeplug.integrate(stepper, problem.flat_y0(), s, counts)
-    stats = Stats(nfe=field.nfe, steps_accepted=counts.accepted, steps_rejected=counts.rejected)
+    ys, stats = odeplug.solve_forward(problem, solver)
     return Solution(problem.unflatten(ys), problem.ts, stats)
 
 
