@@ -1,55 +1,94 @@
-"""Peak bytes of live tensors, measured on any device (CPU included).
+"""Peak bytes a computation allocates, on any device (CPU included), without changing it.
 
-``torch.cuda.max_memory_allocated`` exists only on CUDA. :class:`LiveTensorBytes` is a
-``TorchDispatchMode`` that sees every tensor an operator creates while it is active, adds its
-storage size when it appears and subtracts it when the storage is freed (weakref finalizer), and
-keeps the peak. Tensors created before the context (parameters, inputs) are not counted, so the
-figure is the extra memory a computation needs: the autograd graph's saved tensors, checkpoints,
-solver buffers. Views share storage and are counted once.
+``torch.cuda.max_memory_allocated`` exists only on CUDA. On the CPU, :class:`AllocatedBytes`
+replays the allocator's own record: PyTorch's profiler, with ``profile_memory=True``, logs every
+allocation and free of the CPU allocator (bytes, signed, with a timestamp); the running sum of
+those events in time order is the memory the computation holds, and its maximum is the peak.
+Memory allocated before the context (parameters, inputs) is not counted, so the figure is the
+extra memory a computation needs: the autograd graph, gradients, checkpoints, solver buffers.
+
+Why not a ``TorchDispatchMode`` that watches tensors being created (the obvious meter): while any
+Python dispatch mode is active, every tensor an operator returns gets a Python object, and the
+autograd engine no longer sums a gradient's contributions in place (it only does so for a tensor
+it holds the last reference to), so the meter itself adds a parameter-sized temporary to every
+gradient sum and inflates the very peak it measures. The allocator's record changes nothing.
 """
 
 from __future__ import annotations
 
-import weakref
-from typing import Any
+import contextlib
+import os
+import sys
+from typing import Any, Iterator
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_map
 
-__all__ = ["LiveTensorBytes"]
+__all__ = ["AllocatedBytes"]
 
 
-class LiveTensorBytes(TorchDispatchMode):
-    """``with LiveTensorBytes() as m: ...``; then ``m.peak`` (bytes) and ``m.current``."""
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence what the profiler's C++ side prints on start and stop (file descriptor 2)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (some embedded interpreters)
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.current = 0
+
+class AllocatedBytes:
+    """``with AllocatedBytes(device) as m: ...``; then ``m.peak`` and ``m.current`` (bytes).
+
+    ``device`` is a string or :class:`torch.device`; CUDA devices use the caching allocator's
+    statistics (``max_memory_allocated`` minus the allocation at entry), every other device the
+    profiler's record of the CPU allocator. Not re-entrant: one meter at a time.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
         self.peak = 0
-        self._seen: set[int] = set()
+        self.current = 0
+        self._profile: Any = None
+        self._base = 0
 
-    def _track(self, value: Any, inputs: set[int]) -> Any:
-        if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
-            storage = value.untyped_storage()
-            key = storage.data_ptr()
-            # A view of an input (a parameter's transpose, say) allocates nothing.
-            if key and key not in self._seen and key not in inputs:
-                size = storage.nbytes()
-                self._seen.add(key)
-                self.current += size
-                self.peak = max(self.peak, self.current)
-                weakref.finalize(storage, self._release, key, size)
-        return value
+    def __enter__(self) -> AllocatedBytes:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        self._profile = torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        )
+        with _quiet_native_stderr():
+            self._profile.__enter__()
+        return self
 
-    def _release(self, key: int, size: int) -> None:
-        self._seen.discard(key)
-        self.current -= size
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        inputs: set[int] = set()
-        tree_map(lambda a: inputs.add(a.untyped_storage().data_ptr()) if isinstance(a, torch.Tensor) else None,
-                 (args, kwargs or {}))
-        tree_map(lambda v: self._track(v, inputs), out)
-        return out
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
+            self.current = torch.cuda.memory_allocated(self.device) - self._base
+            return
+        with _quiet_native_stderr():
+            self._profile.__exit__(*exc)
+        events = [
+            (event.start_ns(), event.nbytes())
+            for event in self._profile.profiler.kineto_results.events()
+            if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
+        ]
+        events.sort(key=lambda event: event[0])
+        current = peak = 0
+        for _, nbytes in events:
+            current += nbytes
+            peak = max(peak, current)
+        self.peak, self.current = peak, current
+        self._profile = None

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import odeplug as op
 from odeplug import _dispatch
-from odeplug._memory import LiveTensorBytes
+from odeplug._memory import AllocatedBytes
 from strategies import Linear, MLPField, TupleMLPField
 
 f64 = torch.float64
@@ -129,7 +129,7 @@ def _peak_bytes(rule, tol):
     field = MLPField(4, 64, seed=2)
     y0 = torch.randn(16, 4, dtype=f64, generator=torch.Generator().manual_seed(3)).requires_grad_()
     ts = torch.linspace(0, 4, 5, dtype=f64)
-    with LiveTensorBytes() as meter:
+    with AllocatedBytes() as meter:
         sol = op.solve(op.ODEProblem(field, y0, ts), op.Dopri5(rtol=tol, atol=tol), rule)
         sol.ys.pow(2).sum().backward()
     return meter.peak, sol.stats

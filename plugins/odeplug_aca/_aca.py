@@ -205,6 +205,49 @@ class _Recorder(Stepper):
         return self.inner.step_from(t0, y0, h)
 
 
+class _RunningSum:
+    """The parameter gradients summed over the steps processed so far, handed to autograd.
+
+    Summing each step's parameter gradients outside autograd keeps three parameter-sized
+    tensors alive at once (the running sum, autograd's sum for this step, one new contribution),
+    plus a fourth while autograd adds its first two contributions out of place (a weight's
+    gradient arrives as a transposed view, which it will not add into). Instead, each step's
+    VJP gets one more output, :class:`_HandOver`, whose backward returns the running sum as a
+    contribution to each parameter's gradient. Autograd runs that node first (it is the newest)
+    and then adds the step's contributions into the running sum in place (it is the only
+    reference and not a view), so the VJP's result *is* the new running sum, and at most two
+    parameter-sized tensors are alive: the sum and one contribution.
+    """
+
+    __slots__ = ("sums",)
+
+    def __init__(self) -> None:
+        self.sums: list[torch.Tensor] | None = None
+
+    def take(self, params: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        sums, self.sums = self.sums, None
+        if sums is None:  # the first step: start from zeros, which autograd can add into
+            sums = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
+        return sums
+
+
+class _HandOver(torch.autograd.Function):
+    """A scalar output of the step whose backward gives each parameter the running sum."""
+
+    @staticmethod
+    def forward(ctx: Any, running: _RunningSum, *params: torch.Tensor) -> torch.Tensor:
+        ctx.running = running
+        ctx.params = params
+        return params[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx: Any, _: torch.Tensor):
+        running: _RunningSum = ctx.running
+        sums = running.take(ctx.params)
+        ctx.running = ctx.params = None
+        return (None, *sums)
+
+
 class _Tape:
     """What one ACA solve keeps between its forward and its backward (not the tensors saved
     for backward, which go through ``ctx.save_for_backward`` so autograd frees them)."""
@@ -315,8 +358,7 @@ class _Tape:
             outputs_of.setdefault(j, []).append(k)
 
         wanted = [p for p, need in zip(params, need_params) if need]
-        accumulated: list[torch.Tensor | None] = [None] * len(wanted)
-        owned = [False] * len(wanted)
+        running = _RunningSum()
         grad_s = torch.zeros_like(s_detached) if need_s else None
         grad_t0 = torch.zeros((), dtype=s_detached.dtype, device=s_detached.device)
         a: torch.Tensor | None = None  # dL/dy at the end of the step being processed
@@ -377,6 +419,9 @@ class _Tape:
                         cotangents.append(grad_ys[k])
                     if not outs:
                         continue
+                    if wanted:
+                        outs.append(_HandOver.apply(running, *wanted))
+                        cotangents.append(torch.ones((), dtype=wanted[0].dtype, device=wanted[0].device))
                     inputs = [y0, *wanted]
                     if primed is not None:
                         inputs.append(primed)
@@ -386,15 +431,8 @@ class _Tape:
                             inputs.append(end_leaf)
                     grads = torch.autograd.grad(outs, inputs, cotangents, allow_unused=True)
                 a = grads[0] if grads[0] is not None else torch.zeros_like(y0)
-                for i in range(len(wanted)):
-                    if grads[1 + i] is not None:
-                        if accumulated[i] is None:
-                            accumulated[i] = grads[1 + i]
-                        elif owned[i]:
-                            accumulated[i].add_(grads[1 + i])
-                        else:  # the first sum is a new tensor: never write into autograd's result
-                            accumulated[i] = accumulated[i] + grads[1 + i]
-                            owned[i] = True
+                if wanted:
+                    running.sums = list(grads[1 : 1 + len(wanted)])
                 base = 1 + len(wanted)
                 a_f = None
                 if primed is not None:
@@ -421,7 +459,7 @@ class _Tape:
         if need_s:
             grad_s[0] += grad_t0
         grad_params: list[torch.Tensor | None] = []
-        it = iter(accumulated)
+        it = iter(running.sums if running.sums is not None else [None] * len(wanted))
         for p, need in zip(params, need_params):
             if not need:
                 grad_params.append(None)

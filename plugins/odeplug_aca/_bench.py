@@ -8,14 +8,12 @@ Adam learning rate); the rules take turns step by step, so they see the same mac
 Memory of the gradient computation (solve + loss + backward; the optimiser step is left out, its
 state being the same for every rule), two figures:
 
-- ``peak_MB``: the peak of the memory allocated by it. On CUDA, ``torch.cuda.max_memory_allocated()``
-  minus the allocation at the start. On CPU (PyTorch keeps no allocator statistics there), the
-  peak bytes of the live tensor storages it creates, counted by :class:`odeplug._memory.LiveTensorBytes` (a
-  dispatch mode that adds a storage's size when an operator creates it and subtracts it when it
-  is freed; a view is not a new storage, so views of parameters or of any older tensor add
-  nothing). It includes the parameter gradients and autograd's buffers for summing them (about
-  three parameter-sized tensors in any backward over a weight used several times; ACA, which
-  sums its per-step parameter gradients itself, holds one more).
+- ``peak_MB``: the peak of the memory allocated by it, measured by
+  :class:`odeplug._memory.AllocatedBytes`: on CUDA ``torch.cuda.max_memory_allocated()`` minus
+  the allocation at the start; on CPU (PyTorch keeps no allocator statistics there) the peak of
+  the running sum of the CPU allocator's allocations and frees as PyTorch's profiler records
+  them. It includes the parameter gradients and autograd's buffers for summing them: two or
+  three parameter-sized tensors in any backward over a weight used several times.
 - ``held_MB``: the peak bytes held *for backward*: the distinct storages of the tensors autograd
   saves (the Direct rule's graph; ACA's checkpoints, saved with ``save_for_backward``, and the
   one-step graph of its backward; the Adjoint rule's saved outputs and VJP graphs), counted
@@ -35,7 +33,7 @@ from typing import Any
 import torch
 
 import odeplug
-from odeplug._memory import LiveTensorBytes
+from odeplug._memory import AllocatedBytes
 from odeplug.bench import BenchOptions, gradient_rules, task
 from odeplug.bench._progress import progress
 from odeplug.bench._sines import SecondOrderField, SinesData, learning_rate
@@ -139,21 +137,11 @@ class _Trainer:
         """(peak bytes allocated, peak bytes held for backward) of one gradient computation."""
         gc.collect()
         held = SavedTensorBytes(exclude=self.model.parameters())
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            with held:
-                self.gradient()
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            with LiveTensorBytes() as meter, held:
-                self.gradient()
-            peak = meter.peak
+        with AllocatedBytes(self.device) as meter, held:
+            self.gradient()
         self.optimiser.step()
         gc.collect()
-        return peak, held.peak
+        return meter.peak, held.peak
 
 
 def _sync(device: str) -> None:
