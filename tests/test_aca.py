@@ -307,3 +307,40 @@ def test_double_backward_is_refused():
     (g,) = torch.autograd.grad(sol.ys[-1].sum(), y0, create_graph=True)
     with pytest.raises(RuntimeError):
         g.sum().backward()
+
+
+class _WideField(torch.nn.Module):
+    """A small state (2 × 4) and a large square weight: parameter gradients dominate memory."""
+
+    def __init__(self, width: int = 256) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.inner = torch.nn.Parameter(torch.randn(4, width, generator=g, dtype=f64) / 2)
+        self.square = torch.nn.Parameter(torch.randn(width, width, generator=g, dtype=f64) / width**0.5)
+        self.outer = torch.nn.Parameter(torch.randn(width, 4, generator=g, dtype=f64) / width**0.5)
+
+    def forward(self, t, y):
+        return torch.tanh(torch.tanh(y @ self.inner) @ self.square) @ self.outer
+
+
+def test_backward_holds_the_running_gradient_sum_and_one_contribution():
+    """ACA's per-step parameter gradients are summed by autograd into one running sum in place:
+    at most two parameter-sized tensors (the sum, one new contribution) plus one step's graph,
+    where summing outside autograd would hold four."""
+    from odeplug._memory import AllocatedBytes
+
+    field = _WideField()
+    y0 = torch.randn(2, 4, dtype=f64, generator=torch.Generator().manual_seed(1))
+    ts = torch.linspace(0, 3, 4, dtype=f64)
+    peaks = {}
+    for name, rule in (("direct", op.Direct()), ("aca", op.ACA())):
+        field.zero_grad(set_to_none=True)
+        with AllocatedBytes() as meter:
+            sol = op.solve(op.ODEProblem(field, y0, ts), op.Dopri5(rtol=1e-7, atol=1e-7), rule)
+            sol.ys.pow(2).sum().backward()
+        peaks[name] = meter.peak
+    assert sol.stats["steps_accepted"] > 5
+    params = sum(p.numel() * p.element_size() for p in field.parameters())
+    square = field.square.numel() * field.square.element_size()
+    assert peaks["aca"] <= 2 * params + square // 4, (peaks, params)
+    assert peaks["direct"] > 2.5 * params, (peaks, params)  # the bound is not a formality

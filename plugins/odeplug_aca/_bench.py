@@ -110,6 +110,8 @@ class _Trainer:
         self.solver = odeplug.Dopri5(rtol=tol, atol=tol)
         self.device = device
         self.times: list[float] = []
+        self.forward_times: list[float] = []
+        self.eval_times: list[float] = []
         self.stats: dict[str, Any] = {}
         self.loss = float("nan")
 
@@ -132,6 +134,27 @@ class _Trainer:
         self.step()
         _sync(self.device)
         self.times.append(time.perf_counter() - start)
+
+    def timed_forward(self) -> None:
+        """A solve without a graph (what ACA adds to the Direct rule's work: its forward)."""
+        _sync(self.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            odeplug.solve(odeplug.ODEProblem(self.model, self.data.y0, self.data.ts), self.solver,
+                          odeplug.Direct())
+        _sync(self.device)
+        self.forward_times.append(time.perf_counter() - start)
+
+    def timed_evaluation(self, repeats: int = 20) -> None:
+        """One evaluation of the vector field with a graph (what ACA's backward must redo for
+        every stage of every accepted step), averaged over ``repeats``."""
+        t = torch.zeros((), device=self.data.y0.device)
+        _sync(self.device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            self.model(t, self.data.y0).sum()
+        _sync(self.device)
+        self.eval_times.append((time.perf_counter() - start) / repeats)
 
     def memory_step(self) -> tuple[int, int]:
         """(peak bytes allocated, peak bytes held for backward) of one gradient computation."""
@@ -176,11 +199,14 @@ def aca_bench(options: BenchOptions) -> list[dict[str, Any]]:
             for name, trainer in trainers:  # first step: memory (also the warm-up)
                 memory[name] = trainer.memory_step()
                 bar.update(1)
+            reference = dict(trainers).get("Direct")
             for _ in range(epochs):
                 for name, trainer in trainers:
                     trainer.timed_step()
                     bar.update(1)
-            reference = dict(trainers).get("Direct")
+                if reference is not None:
+                    reference.timed_forward()
+                    reference.timed_evaluation()
             for name, trainer in trainers:
                 step_s = statistics.median(trainer.times)
                 row = {
@@ -196,7 +222,18 @@ def aca_bench(options: BenchOptions) -> list[dict[str, Any]]:
                 if reference is not None:
                     row["peak_vs_Direct"] = memory[name][0] / memory["Direct"][0]
                     row["held_vs_Direct"] = memory[name][1] / memory["Direct"][1]
-                    row["time_vs_Direct"] = step_s / statistics.median(reference.times)
+                    direct_s = statistics.median(reference.times)
+                    row["time_vs_Direct"] = step_s / direct_s
+                if reference is not None and trainer is not reference:
+                    # The Direct rule's work plus one forward solve without a graph ...
+                    forward_s = statistics.median(reference.forward_times)
+                    row["direct_plus_fwd"] = 1 + forward_s / direct_s
+                    # ... and plus re-evaluating the field, with a graph, as often as this rule's
+                    # backward does: a floor for any rule that recomputes instead of storing.
+                    redo = trainer.stats.get("nfe_backward")
+                    if redo:
+                        eval_s = statistics.median(reference.eval_times)
+                        row["redo_floor"] = 1 + redo * eval_s / direct_s
                 row["final_loss"] = trainer.loss
                 rows.append(row)
     return rows
