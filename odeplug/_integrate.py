@@ -28,14 +28,18 @@ def integrate(
 ) -> tuple[torch.Tensor, StepState]:
     """Solve from ``s[0]`` through every output time; return the stacked flat outputs and the
     final state. Outputs come from the dense output of the step covering each time (no forced
-    stops), as in torchdiffeq, so the step sequence does not depend on the output grid."""
+    stops), as in torchdiffeq, so the step sequence does not depend on the output grid; all the
+    outputs one step covers are read in one call (one device synchronisation per step)."""
     state = stepper.start(s[0], y0, s[-1])
-    outputs = [y0]
-    last: Step | None = None
-    for k in range(1, len(s)):
-        state, last = advance(stepper, state, s[k], counts, on_step, last)
-        outputs.append(stepper.interpolate(last, s[k]))
-    return torch.stack(outputs), state
+    outputs = [y0.unsqueeze(0)]
+    k, count = 1, len(s)
+    while k < count:
+        state, last = advance(stepper, state, s[k], counts, on_step)
+        # The outputs s[k], …, s[j − 1] lie in this step (s is increasing; s[k] <= t1 at least).
+        j = min(max(int(torch.searchsorted(s, last.t1.to(s.dtype), right=True)), k + 1), count)
+        outputs.append(stepper.interpolate(last, s[k:j]))
+        k = j
+    return torch.cat(outputs), state
 
 
 def solve_forward(problem, solver) -> tuple[torch.Tensor, Stats]:  # noqa: ANN001

@@ -86,7 +86,9 @@ class Stepper(Noun):
        there, e.g. the adjoint's dL/dy(t_k)); after an accepted shortened step, the next step
        size is at least the one proposed before shortening, so a jump does not cost a new start.
     3. ``interpolate(step, t)`` evaluates the dense output at solver time ``t`` in
-       ``[step.t0, step.t1]``, differentiably in the step's tensors and ``t``.
+       ``[step.t0, step.t1]``, differentiably in the step's tensors and ``t``. ``t`` is a 0-d
+       tensor (result: the flat state) or a 1-D tensor of times (result: one row per time,
+       computed together: the forward reads all outputs a step covers in one call).
     4. ``restart(state, y)`` replaces the state at the same time (a jump: the adjoint's
        dL/dy(t_k)), re-evaluating only ``F(t, y)`` and keeping ``h``.
     5. ``step_from(t0, y0, h)`` recomputes one step from a checkpoint with whatever graph is

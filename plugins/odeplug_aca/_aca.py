@@ -353,9 +353,10 @@ class _Tape:
         s_detached = s.detach()
         step_of = torch.searchsorted(t1s, s_detached[1:].to(t1s.dtype), side="left")
         step_of = step_of.clamp_(max=n - 1).tolist()
-        outputs_of: dict[int, list[int]] = {}
+        outputs_of: dict[int, tuple[int, int]] = {}  # step -> its outputs' range [lo, hi)
         for k, j in enumerate(step_of, start=1):
-            outputs_of.setdefault(j, []).append(k)
+            lo, _ = outputs_of.get(j, (k, k))
+            outputs_of[j] = (lo, k + 1)
 
         wanted = [p for p, need in zip(params, need_params) if need]
         running = _RunningSum()
@@ -410,13 +411,14 @@ class _Tape:
                         outs.append(step.stages[-1])
                         cotangents.append(a_f)
                     time_leaves: list[torch.Tensor] = []
-                    for k in outputs_here:
-                        sk = s_detached[k]
+                    if outputs_here:  # the step's outputs s_lo, …, s_{hi−1}, read together
+                        lo, hi = outputs_here
+                        s_here = s_detached[lo:hi]
                         if need_s:
-                            sk = sk.clone().requires_grad_(True)
-                            time_leaves.append(sk)
-                        outs.append(stepper.interpolate(step, sk))
-                        cotangents.append(grad_ys[k])
+                            s_here = s_here.clone().requires_grad_(True)
+                            time_leaves.append(s_here)
+                        outs.append(stepper.interpolate(step, s_here))
+                        cotangents.append(grad_ys[lo:hi])
                     if not outs:
                         continue
                     if wanted:
@@ -447,9 +449,9 @@ class _Tape:
                             grad_s[-1] += grads[base]
                         else:
                             grad_t0 = grad_t0 + grads[base]
-                    for k, g_k in zip(outputs_here, grads[base + 1:]):
-                        if g_k is not None:
-                            grad_s[k] += g_k
+                    if time_leaves and grads[base + 1] is not None:
+                        lo, hi = outputs_here
+                        grad_s[lo:hi] += grads[base + 1]
                     if landed[j] and grads[-1] is not None:
                         grad_s[-1] += grads[-1]
                 # Free this step's gradients (parameter-sized) and graph before the next VJP.

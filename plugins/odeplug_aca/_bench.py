@@ -20,6 +20,21 @@ state being the same for every rule), two figures:
   through ``torch.autograd.graph.saved_tensors_hooks`` while autograd holds them; parameters
   excluded. This is what the gradient rules differ in.
 
+Time per training step (solve, loss, backward, Adam step): ``step_s`` is the median over the
+timed steps, ``time_vs_Direct`` the median of the ratios of steps taken back to back.
+
+Floors, beside each rule compared with Direct (what no implementation of the method can beat on
+this machine and model, measured in the same run):
+
+- ``grads_floor``: two parameter-sized tensors ÷ the Direct rule's peak. Autograd returns each
+  weight's gradient as one tensor and computes every contribution to it (one per evaluation
+  of the field) as another before adding it in; so any rule that backpropagates through the
+  field holds at least these two.
+- ``direct_plus_fwd``: (Direct's step + one forward solve without a graph) ÷ Direct's step.
+- ``redo_floor``: (Direct's step + ``nfe_backward`` evaluations of the field with a graph) ÷
+  Direct's step. A rule that recomputes the steps instead of storing their graphs re-evaluates
+  the field at every stage of every step once more (and does everything Direct does).
+
 The memory step is a separate, untimed step (the meters cost time); the timed steps run without them.
 """
 
@@ -34,6 +49,7 @@ import torch
 
 import odeplug
 from odeplug._memory import AllocatedBytes
+from odeplug_aca._aca import ACA
 from odeplug.bench import BenchOptions, gradient_rules, task
 from odeplug.bench._progress import progress
 from odeplug.bench._sines import SecondOrderField, SinesData, learning_rate
@@ -223,15 +239,22 @@ def aca_bench(options: BenchOptions) -> list[dict[str, Any]]:
                     row["peak_vs_Direct"] = memory[name][0] / memory["Direct"][0]
                     row["held_vs_Direct"] = memory[name][1] / memory["Direct"][1]
                     direct_s = statistics.median(reference.times)
-                    row["time_vs_Direct"] = step_s / direct_s
+                    row["time_vs_Direct"] = statistics.median(
+                        mine / theirs for mine, theirs in zip(trainer.times, reference.times)
+                    )
                 if reference is not None and trainer is not reference:
                     # The Direct rule's work plus one forward solve without a graph ...
-                    forward_s = statistics.median(reference.forward_times)
-                    row["direct_plus_fwd"] = 1 + forward_s / direct_s
+                    if isinstance(trainer.rule, ACA):
+                        forward_s = statistics.median(reference.forward_times)
+                        row["direct_plus_fwd"] = 1 + forward_s / direct_s
                     # ... and plus re-evaluating the field, with a graph, as often as this rule's
                     # backward does: a floor for any rule that recomputes instead of storing.
+                    # Two parameter-sized tensors (the gradient being summed, one contribution)
+                    # are the least any rule that backpropagates through the field holds.
+                    param_bytes = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+                    row["grads_floor"] = 2 * param_bytes / memory["Direct"][0]
                     redo = trainer.stats.get("nfe_backward")
-                    if redo:
+                    if redo and isinstance(trainer.rule, ACA):
                         eval_s = statistics.median(reference.eval_times)
                         row["redo_floor"] = 1 + redo * eval_s / direct_s
                 row["final_loss"] = trainer.loss

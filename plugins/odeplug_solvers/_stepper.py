@@ -199,10 +199,13 @@ class RungeKuttaStepper(Stepper):
     def interpolate(self, step: Step, t: torch.Tensor) -> torch.Tensor:
         t0, t1, y0, _, stages = step
         theta = ((t - t0) / (t1 - t0)).to(y0.dtype)
-        dense = self._coef["dense"]
-        powers = theta ** torch.arange(1, dense.shape[1] + 1, device=y0.device, dtype=y0.dtype)
-        weights = dense @ powers
-        return torch.addmv(y0, stages.t(), weights * (t1 - t0).to(y0.dtype))
+        dense = self._coef["dense"]  # (stages, degree): b_i(θ) = Σ_p dense[i, p] θ^(p+1)
+        exponents = torch.arange(1, dense.shape[1] + 1, device=y0.device, dtype=y0.dtype)
+        h = (t1 - t0).to(y0.dtype)
+        if theta.dim() == 0:
+            return torch.addmv(y0, stages.t(), (dense @ theta**exponents) * h)
+        weights = (theta.unsqueeze(-1) ** exponents) @ dense.t()  # (times, stages)
+        return torch.addmm(y0, weights * h, stages)
 
     def restart(self, state: StepState, y: torch.Tensor) -> StepState:
         return StepState(state.t, y, self.field(state.t.to(y.dtype), y), state.h)
