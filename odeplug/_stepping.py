@@ -137,17 +137,14 @@ def advance(
     t_target: torch.Tensor,
     counts: Counts,
     on_step: Callable[[Step], None] | None = None,
-    last: Step | None = None,
     land: bool = False,
-) -> tuple[StepState, Step | None]:
-    """Step until ``state.t >= t_target``; return the state and the last accepted step.
+) -> tuple[StepState, Step]:
+    """Step until ``state.t >= t_target`` (at least one step); return the state and the last
+    accepted step, which covers ``t_target``.
 
-    ``on_step`` sees every accepted step (checkpointing, per-step quadrature). ``last`` is the
-    step already covering ``t_target``, if the caller has one: then nothing is attempted.
+    ``on_step`` sees every accepted step (checkpointing, per-step quadrature).
     ``land=True`` ends the last step exactly on ``t_target`` (see :meth:`Stepper.attempt`).
     """
-    if last is not None and bool(state.t >= t_target):
-        return state, last
     budget = stepper.max_steps
     while True:
         if counts.accepted + counts.rejected >= budget:

@@ -210,8 +210,8 @@ class _RunningSum:
 
     Summing each step's parameter gradients outside autograd keeps three parameter-sized
     tensors alive at once (the running sum, autograd's sum for this step, one new contribution),
-    plus a fourth while autograd adds its first two contributions out of place (a weight's
-    gradient arrives as a transposed view, which it will not add into). Instead, each step's
+    and four for a weight used transposed (``nn.Linear``), whose first contribution arrives as a
+    view that autograd will not add into, so it adds the second out of place. Instead, each step's
     VJP gets one more output, :class:`_HandOver`, whose backward returns the running sum as a
     contribution to each parameter's gradient. Autograd runs that node first (it is the newest)
     and then adds the step's contributions into the running sum in place (it is the only

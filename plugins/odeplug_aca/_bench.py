@@ -49,10 +49,11 @@ import torch
 
 import odeplug
 from odeplug._memory import AllocatedBytes
-from odeplug_aca._aca import ACA
 from odeplug.bench import BenchOptions, gradient_rules, task
 from odeplug.bench._progress import progress
 from odeplug.bench._sines import SecondOrderField, SinesData, learning_rate
+
+from ._aca import ACA
 
 __all__ = ["SavedTensorBytes", "aca_bench"]
 
