@@ -42,6 +42,7 @@ from ._solve import reject_options, solve
 from ._stepping import Counts, Step, Stepper, StepState, VectorField, advance
 from ._integrate import integrate, solve_forward, solver_times
 from ._verbs import make_stepper, norm, quadrature, sample, terms, wong_zakai
+from ._quadrature import scaled_quadrature
 
 __version__ = "0.1.0"
 
@@ -52,7 +53,7 @@ __all__ = [
     "Noun", "Solver", "Norm", "GradientRule", "Quadrature", "WienerApproximation",
     # verbs and extension
     "register", "resolve", "export", "plugins", "PluginInfo", "PluginLoadWarning",
-    "make_stepper", "norm", "quadrature", "terms", "sample", "wong_zakai",
+    "make_stepper", "norm", "quadrature", "scaled_quadrature", "terms", "sample", "wong_zakai",
     "configuration", "final", "reject_options",
     # the stepping contract
     "Layout", "Block", "VectorField", "Stepper", "StepState", "Step", "Counts", "advance",

@@ -34,8 +34,10 @@ class ODEProblem(Problem):
         y0: the initial state, a floating tensor or a tuple of floating tensors.
         ts: 1-D floating tensor of output times, strictly increasing or strictly decreasing.
             ``ts[0]`` is the initial time. Set ``ts.requires_grad`` to get dL/dts.
-        params: tensors f depends on whose gradients are wanted (default: the module's
-            parameters that require grad, or none).
+        params: extra tensors whose gradients are wanted, a sequence (``params=[w]``), each
+            counted once however often it is listed. Rarely needed: every rule gives
+            gradients for every tensor f reads that requires grad (module parameters, closures,
+            tensors computed from parameters), found by watching f's first evaluation.
     """
 
     __slots__ = ("f", "y0", "ts", "params", "layout", "is_tuple", "direction")
@@ -181,22 +183,31 @@ def _check_ts(ts: Any, y0: State) -> torch.Tensor:
 def collect_params(
     owner: str, callables: Sequence[Any], params: Sequence[torch.Tensor] | None
 ) -> tuple[torch.Tensor, ...]:
-    """The tensors whose gradients a problem provides: ``params`` if given (checked), else the
-    parameters that require grad of every ``nn.Module`` among ``callables``, each once."""
+    """The tensors a problem names for gradients, each once (by identity): ``params`` if given
+    (checked), else the parameters that require grad of every ``nn.Module`` among
+    ``callables``. Rules with their own backward add every other tensor f reads that requires
+    grad (see :func:`odeplug.backward.field_inputs`), so ``params`` is rarely needed."""
     if params is not None:
+        if isinstance(params, torch.Tensor):
+            raise InvalidArgumentError(
+                f"{owner}: params must be a sequence of tensors, got one tensor; write params=[w] "
+                "(or params=list(module.parameters()))."
+            )
         params = tuple(params)
         for i, p in enumerate(params):
             if not isinstance(p, torch.Tensor):
                 raise InvalidArgumentError(
                     f"{owner}: params[{i}] must be a tensor, got {type(p).__name__}."
                 )
-        return params
+        candidates = params
+    else:
+        candidates = tuple(
+            p for fn in callables if isinstance(fn, torch.nn.Module) for p in fn.parameters()
+            if p.requires_grad
+        )
     seen: dict[int, torch.Tensor] = {}
-    for fn in callables:
-        if isinstance(fn, torch.nn.Module):
-            for p in fn.parameters():
-                if p.requires_grad:
-                    seen.setdefault(id(p), p)
+    for p in candidates:
+        seen.setdefault(id(p), p)
     return tuple(seen.values())
 
 

@@ -27,20 +27,36 @@ class VectorField(Noun):
 
     ``nfe`` counts every evaluation, whoever makes it (the initial-step probe, rejected steps,
     dense-output helpers), so the figures in ``Solution.stats`` are counted, not estimated.
+
+    :meth:`prime` hands the field a value it already knows: the next call at that very state
+    tensor returns it without evaluating f (and without counting). Rules use it to reuse an
+    evaluation they made themselves (finding what f depends on) or a first stage they kept
+    (a checkpointed F(t_i, y_i)).
     """
 
-    __slots__ = ("fn", "direction", "nfe")
+    __slots__ = ("fn", "direction", "nfe", "_primed")
 
     def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], direction: float = 1.0):
         self.fn = fn
         self.direction = float(direction)
         self.nfe = 0
+        self._primed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        primed = self._primed
+        if primed is not None:
+            self._primed = None
+            if primed[0] is y:
+                return primed[1]
         self.nfe += 1
         if self.direction > 0:
             return self.fn(s, y)
         return -self.fn(-s, y)
+
+    def prime(self, y: torch.Tensor, value: torch.Tensor) -> None:
+        """Make the next call return ``value`` (= F(s, y)) if it is made at the tensor ``y``
+        itself; any other next call evaluates as usual and forgets ``value``."""
+        self._primed = (y, value)
 
     def to_user_time(self, s: torch.Tensor) -> torch.Tensor:
         return s if self.direction > 0 else -s
@@ -57,13 +73,26 @@ class StepState(NamedTuple):
 
 
 class Step(NamedTuple):
-    """One accepted step from ``t0`` to ``t1 = t0 + h``: enough to evaluate its dense output."""
+    """One accepted step from ``t0`` to ``t1``: enough to evaluate its dense output, and to
+    recompute it exactly (``Stepper.step_from(t0, y0, h)``).
+
+    ``h`` is the size the step was taken with (``t1 − t0`` need not equal it in floating point,
+    and a step shortened to land on a stop depends on that stop's time). ``landed`` (a 0-d bool
+    tensor, so reading it costs no device synchronisation) says the step was shortened to end
+    exactly on its target (``land=True``) or, for a fixed-step solver, on the end time.
+    ``stages[0]`` is the first stage F(t0, y0). ``f1`` is F(t1, y1) when the step itself
+    computed it (first-same-as-last tableaus, fixed-step dense output): the next step's first
+    stage, on the step's own graph; ``None`` otherwise.
+    """
 
     t0: torch.Tensor
     t1: torch.Tensor
     y0: torch.Tensor
     y1: torch.Tensor
     stages: torch.Tensor  # (number of stages, state size)
+    h: torch.Tensor
+    landed: torch.Tensor
+    f1: torch.Tensor | None = None
 
 
 class Stepper(Noun):
@@ -92,7 +121,9 @@ class Stepper(Noun):
     4. ``restart(state, y)`` replaces the state at the same time (a jump: the adjoint's
        dL/dy(t_k)), re-evaluating only ``F(t, y)`` and keeping ``h``.
     5. ``step_from(t0, y0, h)`` recomputes one step from a checkpoint with whatever graph is
-       active (for checkpointing rules); it must reproduce the accepted step's ``y1`` exactly.
+       active (for checkpointing rules): given an accepted step's ``t0``, ``y0`` and ``h`` it
+       must reproduce its ``y1``, ``stages`` and ``f1`` exactly, evaluating F(t0, y0) through
+       the field (a rule may have primed that value, see :meth:`VectorField.prime`).
     6. Evaluate the field only through ``self.field`` (it counts).
     """
 

@@ -21,9 +21,18 @@ import torch
 
 import odeplug
 from odeplug import GradientRule, ODEProblem, Quadrature, Solver, Step, Stepper, configuration
-from odeplug_adjoint import AdjointFunctionBase, AdjointSystem, backward_solver, run_backsolve
-from odeplug_adjoint._adjoint import _optional, _optional_positive
-from odeplug_quadrature import GaussLegendre, scaled_rule
+from odeplug.backward import (
+    AdjointSystem,
+    BacksolveRule,
+    Gradients,
+    Needs,
+    Tape,
+    backsolve,
+    backward_solver,
+    differentiate,
+    forward_outputs,
+)
+from odeplug_quadrature import GaussLegendre
 
 __all__ = ["GQAdjoint", "GaussAdjoint", "QuadratureSum"]
 
@@ -51,7 +60,7 @@ def _quadrature(instance, attribute, value):
 
 
 @configuration
-class GQAdjoint(GradientRule):
+class GQAdjoint(BacksolveRule):
     """Gauss–Legendre quadrature adjoint (Norcliffe & Deisenroth, "Faster Training of Neural ODEs
     Using Gauß–Legendre Quadrature", TMLR 2023, sec. 3 and Algorithms 1–2).
 
@@ -69,14 +78,10 @@ class GQAdjoint(GradientRule):
     C: float = attrs.field(default=0.1, validator=_positive_float)
     max_terms: int = attrs.field(default=64, validator=_positive_int_or_none)
     quadrature: Quadrature = attrs.field(factory=GaussLegendre, validator=_quadrature)
-    norm: odeplug.Norm | None = attrs.field(default=None, validator=_optional(odeplug.Norm, "an odeplug.Norm"))
-    rtol: float | None = attrs.field(default=None, validator=_optional_positive)
-    atol: float | None = attrs.field(default=None, validator=_optional_positive)
-    solver: Solver | None = attrs.field(default=None, validator=_optional(Solver, "an odeplug.Solver"))
 
 
 @configuration
-class GaussAdjoint(GradientRule):
+class GaussAdjoint(BacksolveRule):
     """Per-step Gauss–Legendre quadrature adjoint (the approach of SciMLSensitivity's GaussAdjoint).
 
     The same [z, a_z] backward solve as :class:`GQAdjoint`, but after **each accepted backward
@@ -86,91 +91,70 @@ class GaussAdjoint(GradientRule):
     """
 
     order: int | None = attrs.field(default=None, validator=_positive_int_or_none)
-    norm: odeplug.Norm | None = attrs.field(default=None, validator=_optional(odeplug.Norm, "an odeplug.Norm"))
-    rtol: float | None = attrs.field(default=None, validator=_optional_positive)
-    atol: float | None = attrs.field(default=None, validator=_optional_positive)
-    solver: Solver | None = attrs.field(default=None, validator=_optional(Solver, "an odeplug.Solver"))
 
 
 class QuadratureSum:
     """Running Σ w_j a_z(τ_j)ᵀ [∂f/∂θ, ∂f/∂t](τ_j, z(τ_j)): one VJP of f per node, constant memory."""
 
-    def __init__(self, system: AdjointSystem, time_gradients: bool) -> None:
+    def __init__(self, system: AdjointSystem, inputs: tuple[torch.Tensor, ...], time_gradients: bool) -> None:
         self.system = system
-        self.params = system.params
+        self.inputs = inputs
         self.time_gradients = time_gradients
-        self.sums = [torch.zeros_like(p) for p in self.params]
-        self.t_sum = None
+        self.sums = [torch.zeros_like(p) for p in inputs]
+        self.t_sum: torch.Tensor | None = None
         self.vjps = 0
 
     def add(self, t_user: torch.Tensor, y_aug: torch.Tensor, weight: torch.Tensor) -> None:
         n = self.system.n
-        z, a = y_aug[:n].detach(), y_aug[n : 2 * n].detach()
-        wrt = list(self.params)
-        with torch.enable_grad():
-            t = t_user.detach()
-            if self.time_gradients:
-                t = t.requires_grad_(True)
-                wrt.append(t)
-            if not wrt:
-                return
-            fz = self.system.f(t.to(z.dtype), z)
-            # The VJP is linear in its cotangent: weighting a (state-sized) instead of the
-            # (parameter-sized) result saves a pass over every parameter per node.
-            grads = torch.autograd.grad(fz, wrt, a * weight.to(a.dtype), allow_unused=True)
+        z, a = y_aug[:n], y_aug[n : 2 * n]
+        # The VJP is linear in its cotangent: weighting a (state-sized) instead of the
+        # (parameter-sized) result saves a pass over every parameter per node.
+        grads, t_grad = self.system.parameter_vjp(
+            t_user, z, a * weight.to(a.dtype), self.inputs, self.time_gradients
+        )
         self.vjps += 1
         for acc, g in zip(self.sums, grads):
             if g is not None:
                 acc.add_(g)
-        if self.time_gradients and grads[-1] is not None:
-            self.t_sum = grads[-1] if self.t_sum is None else self.t_sum + grads[-1]
+        if t_grad is not None:
+            self.t_sum = t_grad if self.t_sum is None else self.t_sum + t_grad
 
 
-class _QuadratureFunction(AdjointFunctionBase):
-    """Shared backward of both quadrature rules; ``config["nodes"]`` chooses where nodes go."""
-
-    @staticmethod
-    def backward(ctx: Any, grad_ys: torch.Tensor):
-        config = ctx.config
-        problem, rule, stats = config["problem"], config["rule"], config["stats"]
-        ys, ts = ctx.saved_tensors
-        time_gradients = ctx.needs_input_grad[2]
-        system = AdjointSystem(problem, with_integrals=False, time_gradients=False)
-        solver = backward_solver(config["solver"], rule.solver, rule.norm, rule.rtol, rule.atol,
-                                 type(rule).__name__)
-        total = QuadratureSum(system, time_gradients)
-        direction = problem.direction
-        dtype = ys.dtype
-        placement = config["placement"](rule, stats, ts, system, total, direction, dtype)
-        with torch.no_grad():
-            final, time_grads, field, counts = run_backsolve(
-                system, solver, ys, grad_ys, ts, direction, time_gradients,
-                on_step=placement.on_step, on_interval=placement.on_interval,
-            )
-        stats.update(
-            nfe_backward=field.nfe, steps_accepted_backward=counts.accepted,
-            steps_rejected_backward=counts.rejected, vjp_backward=total.vjps,
-            vjp_jumps=system.jump_vjps,
-            quadrature_nodes=placement.nodes_per_interval(),
-        )
-        n = system.n
-        grad_y0 = final[n : 2 * n] + grad_ys[0]
-        grad_ts = None
-        if time_gradients:
-            rest = -sum(time_grads[1:]) if len(time_grads) > 1 else 0.0
-            t0 = rest + (total.t_sum if total.t_sum is not None else 0.0)
-            time_grads[0] = torch.as_tensor(t0, dtype=ts.dtype)
-            grad_ts = torch.stack([torch.as_tensor(g, dtype=ts.dtype) for g in time_grads])
-        grads = iter(total.sums)
-        param_grads = [next(grads) if p.requires_grad else None for p in problem.params]
-        return (None, grad_y0, grad_ts, *param_grads)
+def _backward(tape: Tape, grad_ys: torch.Tensor, needs: Needs) -> Gradients:
+    """Shared backward of both quadrature rules; ``tape.memo["placement"]`` chooses where nodes go."""
+    problem, rule, stats = tape.problem, tape.rule, tape.stats
+    (ys,) = tape.saved
+    ts = problem.ts
+    system = AdjointSystem(problem, (), integrals=False)
+    total = QuadratureSum(system, tape.inputs, needs.ts)
+    direction = tape.direction
+    placement = tape.memo["placement"](rule, stats, ts, total, direction)
+    result = backsolve(
+        system, backward_solver(tape.solver, rule), ys, grad_ys, ts, direction,
+        time_gradients=needs.ts, on_step=placement.on_step, on_interval=placement.on_interval,
+    )
+    stats.update(
+        nfe_backward=result.nfe, steps_accepted_backward=result.counts.accepted,
+        steps_rejected_backward=result.counts.rejected, vjp_backward=total.vjps,
+        quadrature_nodes=placement.nodes_per_interval(),
+    )
+    n = system.n
+    grad_ts = None
+    if needs.ts:
+        time_grads = result.time_gradients
+        t0 = -sum(time_grads[1:])
+        if total.t_sum is not None:
+            t0 = t0 + total.t_sum
+        time_grads[0] = t0
+        grad_ts = torch.stack(time_grads).to(ts.dtype)
+    return Gradients(result.y[n : 2 * n] + grad_ys[0], grad_ts, tuple(total.sums))
 
 
 class IntervalNodes:
     """GQAdjoint's placement: n_k Gauss nodes per output interval, consumed as steps pass them."""
 
-    def __init__(self, rule: GQAdjoint, stats: dict, ts: torch.Tensor, system: AdjointSystem,
-                 total: QuadratureSum, direction: float, dtype: torch.dtype) -> None:
+    def __init__(self, rule: GQAdjoint, stats: dict, ts: torch.Tensor, total: QuadratureSum,
+                 direction: float) -> None:
         self.total, self.direction = total, direction
         times = ts.detach().tolist()  # once per backward: interval lengths decide node counts
         span = abs(times[-1] - times[0])
@@ -187,7 +171,7 @@ class IntervalNodes:
         # only one interval's nodes are alive at a time.
         if k not in self.pending:
             self.pending.pop(k + 1, None)
-            nodes, weights = scaled_rule(self.rule.quadrature, self.counts[k], self.times[k - 1],
+            nodes, weights = odeplug.scaled_quadrature(self.rule.quadrature, self.counts[k], self.times[k - 1],
                                          self.times[k], self.ts.dtype, self.ts.device)
             # Backward solver time s = −direction·t increases from t_k to t_{k−1}.
             s_nodes = -self.direction * nodes
@@ -224,8 +208,8 @@ class IntervalNodes:
 class StepNodes:
     """GaussAdjoint's placement: an n-node Gauss–Legendre rule on every accepted backward step."""
 
-    def __init__(self, rule: GaussAdjoint, stats: dict, ts: torch.Tensor, system: AdjointSystem,
-                 total: QuadratureSum, direction: float, dtype: torch.dtype) -> None:
+    def __init__(self, rule: GaussAdjoint, stats: dict, ts: torch.Tensor, total: QuadratureSum,
+                 direction: float) -> None:
         self.rule, self.total, self.direction = rule, total, direction
         self.counts = [0] * len(ts)
         self.unit: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -234,7 +218,7 @@ class StepNodes:
         if self.unit is None:
             order = self.rule.order or stepper.order
             n = max(1, (order + 1) // 2)
-            self.unit = scaled_rule(GaussLegendre(), n, 0.0, 1.0, step.t0.dtype, step.t0.device)
+            self.unit = odeplug.scaled_quadrature(GaussLegendre(), n, 0.0, 1.0, step.t0.dtype, step.t0.device)
         fractions, weights = self.unit
         length = step.t1 - step.t0
         # ∫_{t0}^{tK} dt in user time is direction·∫ ds over the backward solver's time s.
@@ -252,14 +236,15 @@ class StepNodes:
 
 def solve_quadrature(problem: ODEProblem, solver: Solver, rule: GradientRule, placement: type,
                      **options: Any) -> odeplug.Solution:
-    from odeplug._solve import reject_options
+    odeplug.reject_options(f"solve(ODEProblem, Solver, {type(rule).__name__})", options)
 
-    reject_options(f"solve(ODEProblem, Solver, {type(rule).__name__})", options)
-    stats = odeplug.Stats()
-    config = {"problem": problem, "solver": solver, "rule": rule, "stats": stats,
-              "placement": placement}
-    ys = _QuadratureFunction.apply(config, problem.flat_y0(), problem.ts, *problem.params)
-    return odeplug.Solution(problem.unflatten(ys), problem.ts, stats)
+    def forward(tape: Tape) -> torch.Tensor:
+        ys = forward_outputs(tape)
+        tape.saved = (ys,)
+        tape.memo["placement"] = placement
+        return ys
+
+    return differentiate(problem, solver, rule, forward, _backward)
 
 
 def node_count(rule: GQAdjoint, nfe: int, interval: float, span: float) -> int:

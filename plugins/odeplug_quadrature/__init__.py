@@ -19,7 +19,7 @@ import torch
 import odeplug
 from odeplug import Quadrature, configuration
 
-__all__ = ["GaussLegendre", "scaled_rule", "register"]
+__all__ = ["GaussLegendre", "register"]
 
 
 @configuration
@@ -33,20 +33,6 @@ def _gauss_legendre(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise odeplug.InvalidArgumentError(f"GaussLegendre: n must be >= 1, got {n}.")
     nodes, weights = np.polynomial.legendre.leggauss(n)
     return torch.from_numpy(nodes.copy()), torch.from_numpy(weights.copy())
-
-
-@functools.lru_cache(maxsize=2048)
-def _cast(rule: Quadrature, n: int, dtype: torch.dtype, device: torch.device):
-    nodes, weights = odeplug.quadrature(rule, n)
-    return nodes.to(dtype=dtype, device=device), weights.to(dtype=dtype, device=device)
-
-
-def scaled_rule(rule: Quadrature, n: int, a: float, b: float, dtype: torch.dtype,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nodes and weights for ∫_a^b (signed: b < a allowed), cached per (rule, n, dtype, device)."""
-    nodes, weights = _cast(rule, n, dtype, device)
-    half = (b - a) / 2
-    return (a + b) / 2 + half * nodes, half * weights
 
 
 def register() -> None:

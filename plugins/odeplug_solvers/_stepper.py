@@ -149,6 +149,7 @@ class RungeKuttaStepper(Stepper):
             dt = torch.where(shortened, t_target - t0, proposed)
             t1 = torch.where(shortened, t_target, t0 + dt)
         else:
+            shortened = torch.zeros((), dtype=torch.bool, device=t0.device)
             dt = proposed
             t1 = t0 + dt
         stages, last_input = self._stages(t0, y0, f0, dt, t1)
@@ -172,8 +173,12 @@ class RungeKuttaStepper(Stepper):
             ).tolist()
         accepted, finite, size_ok, reached = status
         if accepted:
-            f1 = stages[-1] if self.tableau.fsal else self.field(t1.to(y0.dtype), y1)
-            step = Step(t0, t1, y0, y1, stages)
+            if self.tableau.fsal:
+                f1 = stages[-1]
+                step = Step(t0, t1, y0, y1, stages, dt, shortened, f1)
+            else:
+                f1 = self.field(t1.to(y0.dtype), y1)
+                step = Step(t0, t1, y0, y1, stages, dt, shortened)
             return StepState(t1, y1, f1, dt_next), step, (True, finite, size_ok, reached)
         return StepState(t0, y0, f0, dt_next), None, (False, finite, size_ok, reached)
 
@@ -184,7 +189,8 @@ class RungeKuttaStepper(Stepper):
         remaining = (t_target if land else self._t_end) - t0
         # Land exactly on the end time instead of overshooting it or leaving a sliver. That last
         # step's size depends on the end time, and (unlike adaptive step sizes) is differentiated.
-        h = torch.where(remaining <= dt * (1 + 1e-9), remaining, dt)
+        landed = remaining <= dt * (1 + 1e-9)
+        h = torch.where(landed, remaining, dt)
         t1 = t0 + h
         stages, _ = self._stages(t0, y0, f0, h, t1)
         y1 = torch.addmv(y0, stages.t(), self._coef["b"] * h.to(y0.dtype))
@@ -194,10 +200,11 @@ class RungeKuttaStepper(Stepper):
         f1 = self.field(t1.to(y0.dtype), y1)
         if self.tableau.dense_uses_f1:
             stages = torch.cat([stages, f1.unsqueeze(0)])
-        return StepState(t1, y1, f1, dt), Step(t0, t1, y0, y1, stages), (True, finite, size_ok, reached)
+        step = Step(t0, t1, y0, y1, stages, h, landed, f1)
+        return StepState(t1, y1, f1, dt), step, (True, finite, size_ok, reached)
 
     def interpolate(self, step: Step, t: torch.Tensor) -> torch.Tensor:
-        t0, t1, y0, _, stages = step
+        t0, t1, y0, stages = step.t0, step.t1, step.y0, step.stages
         theta = ((t - t0) / (t1 - t0)).to(y0.dtype)
         dense = self._coef["dense"]  # (stages, degree): b_i(θ) = Σ_p dense[i, p] θ^(p+1)
         exponents = torch.arange(1, dense.shape[1] + 1, device=y0.device, dtype=y0.dtype)
@@ -215,10 +222,14 @@ class RungeKuttaStepper(Stepper):
         t1 = t0 + h
         f0 = self.field(t0.to(y0.dtype), y0)
         stages, last_input = self._stages(t0, y0, f0, h, t1)
-        if self.tableau.fsal and self.adaptive:
-            y1 = last_input
-        else:
+        landed = torch.zeros((), dtype=torch.bool, device=t0.device)
+        if self.adaptive:
+            if self.tableau.fsal:
+                return Step(t0, t1, y0, last_input, stages, h, landed, stages[-1])
             y1 = torch.addmv(y0, stages.t(), self._coef["b"] * h.to(y0.dtype))
+            return Step(t0, t1, y0, y1, stages, h, landed)
+        y1 = torch.addmv(y0, stages.t(), self._coef["b"] * h.to(y0.dtype))
+        f1 = self.field(t1.to(y0.dtype), y1)
         if self.tableau.dense_uses_f1:
-            stages = torch.cat([stages, self.field(t1.to(y0.dtype), y1).unsqueeze(0)])
-        return Step(t0, t1, y0, y1, stages)
+            stages = torch.cat([stages, f1.unsqueeze(0)])
+        return Step(t0, t1, y0, y1, stages, h, landed, f1)

@@ -1,0 +1,220 @@
+"""The autograd shell every rule with its own backward runs in: :func:`differentiate`.
+
+A rule supplies two functions, its forward (no graph) and its backward (gradients for y0, the
+output times and the tensors f depends on); the shell does everything else once, the same way
+for every rule:
+
+1. finds the tensors f depends on that require grad (:func:`field_inputs`: parameters,
+   closures, tensors computed from parameters), unites them with ``params=``, each once, and
+   reuses the evaluation that found them as the forward's first;
+2. refuses randomness in f unless the rule replays it, since re-evaluations would draw new
+   numbers;
+3. runs the forward inside a ``torch.autograd.Function`` whose inputs are (y0, ts, *inputs), and
+   saves them, so that an in-place change between forward and backward (``optimizer.step()``)
+   raises instead of differentiating at the new values;
+4. in backward, refuses second derivatives unless the rule computes them, keeps module buffers
+   (BatchNorm running statistics) as the forward left them, and fills ``Solution.stats``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import torch
+
+from ._errors import SolveError, UnsupportedCombinationError
+from ._inputs import field_inputs
+from ._integrate import integrate, solver_times
+from ._nouns import GradientRule, Solver, final
+from ._problem import ODEProblem
+from ._solution import Solution, Stats
+from ._stepping import Counts, VectorField
+
+__all__ = ["Tape", "Gradients", "Needs", "differentiate", "forward_outputs"]
+
+
+@final
+@attrs.define(eq=False)
+class Tape:
+    """One solve as a rule's forward and backward see it.
+
+    Attributes:
+        problem, solver, rule: what was solved, and how it is differentiated.
+        field: the forward's flat field (counting; primed with the first evaluation).
+        y0: the flat initial state; ``s``: the output times in solver time (increasing).
+        inputs: the tensors f depends on that require grad (gradients are returned for these).
+        uses_rng: f draws random numbers.
+        stats: the solution's :class:`Stats`; the forward and the backward add their counts.
+        memo: the rule's own per-solve values (set in forward, read in backward).
+        saved: tensors the forward asks the shell to save for backward (freed after it).
+    """
+
+    problem: ODEProblem
+    solver: Solver
+    rule: GradientRule
+    field: VectorField
+    y0: torch.Tensor
+    s: torch.Tensor
+    inputs: tuple[torch.Tensor, ...]
+    uses_rng: bool
+    stats: Stats
+    memo: dict = attrs.field(factory=dict)
+    saved: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def direction(self) -> float:
+        return self.problem.direction
+
+
+@final
+@attrs.frozen
+class Gradients:
+    """What a rule's backward returns (``None`` where a gradient is not needed).
+
+    ``y0``: dL/dy0, flat. ``ts``: dL/dts, shaped like ``ts``. ``inputs``: one per
+    :attr:`Tape.inputs`."""
+
+    y0: torch.Tensor | None
+    ts: torch.Tensor | None
+    inputs: tuple[torch.Tensor | None, ...]
+
+
+@final
+@attrs.frozen
+class Needs:
+    """Which gradients autograd asks the backward for."""
+
+    y0: bool
+    ts: bool
+    inputs: tuple[bool, ...]
+
+
+Forward = Callable[[Tape], torch.Tensor]
+Backward = Callable[[Tape, torch.Tensor, Needs], Gradients]
+
+
+@contextmanager
+def _buffers_kept(f: Any) -> Iterator[None]:
+    """Re-evaluations in backward must not move module buffers (BatchNorm running statistics)
+    a second time: put back what the forward left."""
+    buffers = list(f.buffers()) if isinstance(f, torch.nn.Module) else []
+    kept = [b.detach().clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in zip(buffers, kept):
+                b.copy_(value)
+
+
+class _Shell(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, spec: tuple, y0: torch.Tensor, ts: torch.Tensor, *inputs: torch.Tensor):
+        tape, forward, _backward, _double = spec
+        ys = forward(tape)
+        ctx.spec = spec
+        ctx.save_for_backward(y0, ts, *inputs, *tape.saved)
+        tape.saved = ()
+        return ys
+
+    @staticmethod
+    def backward(ctx: Any, grad_ys: torch.Tensor):
+        tape, _forward, backward, double = ctx.spec
+        name = type(tape.rule).__name__
+        if torch.is_grad_enabled() and not double:
+            raise UnsupportedCombinationError(
+                f"{name} cannot give second derivatives (backward with create_graph=True, e.g. "
+                "a Hessian-vector product or a gradient penalty): its backward solve is not "
+                "differentiable. Use Direct() or ACA(), which compute them exactly."
+            )
+        try:
+            saved = ctx.saved_tensors
+        except RuntimeError as exc:
+            if "inplace" not in str(exc):
+                raise
+            raise SolveError(
+                f"{name}: a tensor the solve depends on (y0, ts, or a parameter of f) was changed "
+                "in place between the forward solve and backward(), e.g. by optimizer.step() or "
+                "an in-place update. Call loss.backward() before changing parameters, or solve "
+                "again after the change."
+            ) from exc
+        k = len(tape.inputs)
+        tape.y0, ts = saved[0], saved[1]
+        tape.inputs = tuple(saved[2 : 2 + k])
+        tape.saved = tuple(saved[2 + k :])
+        need = ctx.needs_input_grad
+        needs = Needs(need[1], need[2], tuple(need[3 : 3 + k]))
+        with _buffers_kept(tape.problem.f):
+            grads = backward(tape, grad_ys, needs)
+        tape.saved = ()
+        inputs = [g if wanted else None for g, wanted in zip(grads.inputs, needs.inputs)]
+        return (None, grads.y0 if needs.y0 else None, grads.ts if needs.ts else None, *inputs)
+
+
+def forward_outputs(tape: Tape) -> torch.Tensor:
+    """The plain forward of a backsolve rule: solve on ``tape.field`` and count into
+    ``tape.stats``; the flat outputs (K+1, n)."""
+    from ._verbs import make_stepper
+
+    stepper = make_stepper(tape.solver, tape.field, tape.problem.layout)
+    counts = Counts()
+    ys, _ = integrate(stepper, tape.y0, tape.s, counts)
+    tape.stats.update(nfe=tape.field.nfe, steps_accepted=counts.accepted,
+                      steps_rejected=counts.rejected)
+    return ys
+
+
+def differentiate(
+    problem: ODEProblem,
+    solver: Solver,
+    rule: GradientRule,
+    forward: Forward,
+    backward: Backward,
+    *,
+    replays_randomness: bool = False,
+    second_derivatives: bool = False,
+) -> Solution:
+    """Solve ``problem`` with ``forward`` and make ``loss.backward()`` call ``backward``.
+
+    Args:
+        forward: ``forward(tape) -> ys``, the flat outputs (K+1, n), run without a graph. It
+            counts into ``tape.stats`` and may set ``tape.saved`` (tensors kept for backward) and
+            ``tape.memo``.
+        backward: ``backward(tape, grad_ys, needs) -> Gradients``, run under ``no_grad`` (or,
+            with ``second_derivatives``, with grad mode as autograd sets it: on for
+            ``create_graph=True``, and then the gradients must be differentiable).
+        replays_randomness: the rule reproduces f's random draws in backward (ACA); otherwise
+            a field that draws random numbers is refused.
+        second_derivatives: the rule's backward supports ``create_graph=True``; otherwise it is
+            refused with an error naming the rules that do.
+
+    When nothing requires grad (or grad mode is off) the forward runs on its own.
+    """
+    field = VectorField(problem.flat_field(), problem.direction)
+    y0 = problem.flat_y0()
+    s = solver_times(problem.ts, problem.direction)
+    found = field_inputs(field, s[0].to(y0.dtype), y0, problem.params)
+    field.prime(y0, found.value)
+    stats = Stats()
+    tape = Tape(problem, solver, rule, field, y0, s, found.tensors,
+                found.uses_rng, stats)
+    needs_grad = torch.is_grad_enabled() and (
+        y0.requires_grad or problem.ts.requires_grad or bool(tape.inputs)
+    )
+    if not needs_grad:
+        with torch.no_grad():
+            ys = forward(tape)
+        tape.saved = ()
+        return Solution(problem.unflatten(ys), problem.ts, stats)
+    if found.uses_rng and not replays_randomness:
+        raise UnsupportedCombinationError(
+            f"{type(rule).__name__}: f draws random numbers (Dropout in train mode, noise sampled "
+            "inside f), and this rule re-evaluates f in backward at other points, so its "
+            "gradient would not be the gradient of the forward's output. Use ACA() (replays "
+            "the random numbers) or Direct(), or make f deterministic (model.eval())."
+        )
+    ys = _Shell.apply((tape, forward, backward, second_derivatives), y0, problem.ts, *tape.inputs)
+    return Solution(problem.unflatten(ys), problem.ts, stats)

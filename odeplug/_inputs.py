@@ -1,0 +1,112 @@
+"""What a vector field depends on: the tensors whose gradients a rule must return, found by
+watching one evaluation, and whether the field draws random numbers.
+
+A rule that differentiates through the field itself (Direct) needs none of this: autograd
+follows every tensor. Rules that re-evaluate the field inside their own ``backward`` (the
+adjoints, ACA) must return a gradient for every tensor f reads that requires grad: module
+parameters, but also tensors captured by a closure, tensor attributes that are not
+``Parameter``\\ s, and tensors *computed* from parameters before the solve (``softplus(raw)``, a
+hypernetwork's output, spline coefficients). The last kind is returned as itself, not as the
+parameter behind it: autograd then carries its gradient on to ``raw`` through the graph that made
+it, once, even when the loss uses that graph elsewhere too (VJPs that stop at the tensor never
+run, and so never free, the shared part).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import attrs
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from ._nouns import final
+
+__all__ = ["FieldInputs", "field_inputs"]
+
+
+@final
+class _Reads(TorchFunctionMode):
+    """Records every tensor that requires grad passed to a torch operation. Run under
+    ``no_grad``, nothing made during the evaluation requires grad, so each one recorded was made
+    before it: exactly the tensors the field closes over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: dict[int, torch.Tensor] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        for x in tree_flatten((args, kwargs))[0]:
+            if isinstance(x, torch.Tensor) and x.requires_grad:
+                self.found.setdefault(id(x), x)
+        return func(*args, **kwargs)
+
+
+@final
+@attrs.frozen
+class FieldInputs:
+    """The result of :func:`field_inputs`.
+
+    Attributes:
+        tensors: every tensor the field read that requires grad, with the problem's explicit
+            ``params`` that it did not read through another of them, each once (by identity).
+        value: the evaluation made to find them, F(t0, y0), reusable as the solve's first stage.
+        uses_rng: the evaluation advanced the global random number generator (Dropout in train
+            mode, noise drawn inside f).
+    """
+
+    tensors: tuple[torch.Tensor, ...]
+    value: torch.Tensor
+    uses_rng: bool
+
+
+def _rng_states(device: torch.device) -> list[torch.Tensor]:
+    states = [torch.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+def _ancestors(tensors: Iterable[torch.Tensor]) -> set[int]:
+    """Ids of the leaves that the graphs of ``tensors`` reach."""
+    seen: set[int] = set()
+    leaves: set[int] = set()
+    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)  # AccumulateGrad: the leaf it accumulates into
+        if variable is not None:
+            leaves.add(id(variable))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+def field_inputs(
+    field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    t0: torch.Tensor,
+    y0: torch.Tensor,
+    params: Sequence[torch.Tensor] = (),
+) -> FieldInputs:
+    """Evaluate ``field(t0, y0)`` once, without a graph, and find what it depends on.
+
+    Explicit ``params`` are kept unless the field reads them only through a tensor made from
+    them (a ``params=[raw]`` next to a closure over ``softplus(raw)``): their gradient then
+    reaches them through that tensor, and returning it directly as well would count it twice.
+    """
+    before = _rng_states(y0.device)
+    reads = _Reads()
+    with torch.no_grad(), reads:
+        value = field(t0.detach(), y0.detach())
+    uses_rng = any(not torch.equal(a, b) for a, b in zip(before, _rng_states(y0.device)))
+    found = dict(reads.found)
+    derived = [t for t in found.values() if t.grad_fn is not None]
+    behind = _ancestors(derived) if derived and params else set()
+    for p in params:
+        if p.requires_grad and id(p) not in found and id(p) not in behind:
+            found[id(p)] = p
+    return FieldInputs(tuple(found.values()), value, uses_rng)
