@@ -8,7 +8,8 @@ for every rule:
    closures, tensors computed from parameters), unites them with ``params=``, each once, and
    reuses the evaluation that found them as the forward's first;
 2. refuses randomness in f unless the rule replays it, since re-evaluations would draw new
-   numbers;
+   numbers (a rule that replays them starts from ``Tape.rng_state``, the generators' state
+   before the first evaluation);
 3. runs the forward inside a ``torch.autograd.Function`` whose inputs are (y0, ts, *inputs), and
    saves them, so that an in-place change between forward and backward (``optimizer.step()``)
    raises instead of differentiating at the new values;
@@ -26,7 +27,7 @@ import attrs
 import torch
 
 from ._errors import SolveError, UnsupportedCombinationError
-from ._inputs import field_inputs
+from ._inputs import RNGState, field_inputs
 from ._integrate import integrate, solver_times
 from ._nouns import GradientRule, Solver, final
 from ._problem import ODEProblem
@@ -47,9 +48,13 @@ class Tape:
         y0: the flat initial state; ``s``: the output times in solver time (increasing).
         inputs: the tensors f depends on that require grad (gradients are returned for these).
         uses_rng: f draws random numbers.
+        rng_state: the random number generators' state before f's first evaluation (F(t0, y0),
+            the one ``field`` is primed with), for rules that replay f's draws.
         stats: the solution's :class:`Stats`; the forward and the backward add their counts.
         memo: the rule's own per-solve values (set in forward, read in backward).
         saved: tensors the forward asks the shell to save for backward (freed after it).
+        differentiated: the solve is differentiated; ``False`` when nothing requires grad (or
+            grad mode is off), and then the forward need keep nothing for a backward.
     """
 
     problem: ODEProblem
@@ -60,9 +65,11 @@ class Tape:
     s: torch.Tensor
     inputs: tuple[torch.Tensor, ...]
     uses_rng: bool
+    rng_state: RNGState
     stats: Stats
     memo: dict = attrs.field(factory=dict)
     saved: tuple[torch.Tensor, ...] = ()
+    differentiated: bool = True
 
     @property
     def direction(self) -> float:
@@ -196,15 +203,16 @@ def differentiate(
     field = VectorField(problem.flat_field(), problem.direction)
     y0 = problem.flat_y0()
     s = solver_times(problem.ts, problem.direction)
+    rng_state = RNGState.capture(y0)  # where the draws of that first evaluation begin
     found = field_inputs(field, s[0].to(y0.dtype), y0, problem.params)
     field.prime(y0, found.value)
     stats = Stats()
     tape = Tape(problem, solver, rule, field, y0, s, found.tensors,
-                found.uses_rng, stats)
-    needs_grad = torch.is_grad_enabled() and (
+                found.uses_rng, rng_state, stats)
+    tape.differentiated = torch.is_grad_enabled() and (
         y0.requires_grad or problem.ts.requires_grad or bool(tape.inputs)
     )
-    if not needs_grad:
+    if not tape.differentiated:
         with torch.no_grad():
             ys = forward(tape)
         tape.saved = ()

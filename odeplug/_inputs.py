@@ -15,15 +15,17 @@ run, and so never free, the shared part).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 
 import attrs
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.checkpoint import get_device_states, set_device_states
 
 from ._nouns import final
 
-__all__ = ["FieldInputs", "field_inputs"]
+__all__ = ["FieldInputs", "RNGState", "field_inputs"]
 
 
 @final
@@ -45,6 +47,41 @@ class _Reads(TorchFunctionMode):
 
 
 @final
+@attrs.frozen(eq=False)
+class RNGState:
+    """The state of the global random number generators a field draws from: the CPU one and
+    those of the accelerators its tensors live on. Captured, restored and forked with the
+    helpers ``torch.utils.checkpoint`` replays a checkpointed function's random draws with
+    (``get_device_states``, ``set_device_states``, ``torch.random.fork_rng``)."""
+
+    cpu: torch.Tensor
+    device_type: str
+    devices: tuple[int, ...]
+    device_states: tuple[torch.Tensor, ...]
+
+    @staticmethod
+    def capture(*tensors: torch.Tensor) -> RNGState:
+        """The generators' state now, for the devices of ``tensors``."""
+        devices, states = get_device_states(*tensors)
+        device_type = next((t.device.type for t in tensors if t.device.type != "cpu"), "cpu")
+        return RNGState(torch.get_rng_state(), device_type, tuple(devices), tuple(states))
+
+    def restore(self) -> None:
+        """Put the generators back in this state: the next draws repeat those made after it."""
+        torch.set_rng_state(self.cpu)
+        set_device_states(self.devices, self.device_states, device_type=self.device_type)
+
+    def fork(self) -> AbstractContextManager[None]:
+        """A context on whose exit the same generators are back where they were on entry."""
+        return torch.random.fork_rng(devices=self.devices, device_type=self.device_type)
+
+    def same_as(self, other: RNGState) -> bool:
+        return torch.equal(self.cpu, other.cpu) and all(
+            torch.equal(a, b) for a, b in zip(self.device_states, other.device_states)
+        )
+
+
+@final
 @attrs.frozen
 class FieldInputs:
     """The result of :func:`field_inputs`.
@@ -60,13 +97,6 @@ class FieldInputs:
     tensors: tuple[torch.Tensor, ...]
     value: torch.Tensor
     uses_rng: bool
-
-
-def _rng_states(device: torch.device) -> list[torch.Tensor]:
-    states = [torch.get_rng_state()]
-    if device.type == "cuda":
-        states.append(torch.cuda.get_rng_state(device))
-    return states
 
 
 def _ancestors(tensors: Iterable[torch.Tensor]) -> set[int]:
@@ -98,11 +128,12 @@ def field_inputs(
     them (a ``params=[raw]`` next to a closure over ``softplus(raw)``): their gradient then
     reaches them through that tensor, and returning it directly as well would count it twice.
     """
-    before = _rng_states(y0.device)
+    t0, y0 = t0.detach(), y0.detach()  # before watching: detaching them would be a read of them
+    before = RNGState.capture(y0)
     reads = _Reads()
     with torch.no_grad(), reads:
-        value = field(t0.detach(), y0.detach())
-    uses_rng = any(not torch.equal(a, b) for a, b in zip(before, _rng_states(y0.device)))
+        value = field(t0, y0)
+    uses_rng = not before.same_as(RNGState.capture(y0))
     found = dict(reads.found)
     derived = [t for t in found.values() if t.grad_fn is not None]
     behind = _ancestors(derived) if derived and params else set()

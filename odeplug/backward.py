@@ -13,7 +13,8 @@ SciMLSensitivity's over ``adjoint_common.jl``):
   time, and hooks for rules that read it as it goes (quadrature).
 - :class:`BacksolveRule` — the abstract rule with the backward options ``solver``, ``norm``,
   ``rtol``, ``atol``; :func:`backward_solver` derives the backward solver from them.
-- :func:`field_inputs` — what f depends on, found by watching one evaluation.
+- :func:`field_inputs` — what f depends on, found by watching one evaluation;
+  :class:`RNGState` — the random number generators' state, for rules that replay f's draws.
 
 See docs/plugins.md for a complete rule built on the kit.
 """
@@ -21,10 +22,10 @@ See docs/plugins.md for a complete rule built on the kit.
 from ._adjoint_system import AdjointSystem
 from ._backsolve import Backsolve, BacksolveRule, backsolve, backward_solver
 from ._differentiate import Gradients, Needs, Tape, differentiate, forward_outputs
-from ._inputs import FieldInputs, field_inputs
+from ._inputs import FieldInputs, RNGState, field_inputs
 
 __all__ = [
     "differentiate", "Tape", "Needs", "Gradients", "forward_outputs",
     "AdjointSystem", "backsolve", "Backsolve", "BacksolveRule", "backward_solver",
-    "field_inputs", "FieldInputs",
+    "field_inputs", "FieldInputs", "RNGState",
 ]
