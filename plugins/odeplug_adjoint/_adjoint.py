@@ -40,8 +40,8 @@ class Adjoint(BacksolveRule):
         rtol, atol: backward tolerances (None: the forward solver's).
         solver: backward solver (None: the forward solver).
 
-    Stats after ``backward()``: ``nfe_backward`` (each one VJP), ``steps_accepted_backward``,
-    ``steps_rejected_backward``.
+    Stats after ``backward()``: ``nfe_backward``, ``steps_accepted_backward``,
+    ``steps_rejected_backward``, ``vjp_backward`` (every VJP of f: one per evaluation).
     """
 
     #: Rows ``odeplug bench`` runs for this rule (label, factory).
@@ -59,7 +59,7 @@ def _backward(tape: Tape, grad_ys: torch.Tensor, needs: Needs) -> Gradients:
     )
     tape.stats.update(
         nfe_backward=result.nfe, steps_accepted_backward=result.counts.accepted,
-        steps_rejected_backward=result.counts.rejected,
+        steps_rejected_backward=result.counts.rejected, vjp_backward=system.evaluations,
     )
     n = system.n
     grad_ts = torch.stack(result.time_gradients).to(problem.ts.dtype) if needs.ts else None
