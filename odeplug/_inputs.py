@@ -30,20 +30,26 @@ __all__ = ["FieldInputs", "RNGState", "field_inputs"]
 
 @final
 class _Reads(TorchFunctionMode):
-    """Records every tensor that requires grad passed to a torch operation. Run under
-    ``no_grad``, nothing made during the evaluation requires grad, so each one recorded was made
-    before it: exactly the tensors the field closes over."""
+    """Records every tensor that requires grad passed to a torch operation and not made by an
+    earlier one in the same evaluation: the tensors the field closes over. (Run under
+    ``no_grad``, new tensors do not require grad, except views of ones that do, such as
+    ``w.T``: those are made inside and are not inputs.)"""
 
     def __init__(self) -> None:
         super().__init__()
         self.found: dict[int, torch.Tensor] = {}
+        self.made: dict[int, torch.Tensor] = {}  # kept alive so that no id is reused meanwhile
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         for x in tree_flatten((args, kwargs))[0]:
-            if isinstance(x, torch.Tensor) and x.requires_grad:
+            if isinstance(x, torch.Tensor) and x.requires_grad and id(x) not in self.made:
                 self.found.setdefault(id(x), x)
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        for x in tree_flatten(out)[0]:
+            if isinstance(x, torch.Tensor) and x.requires_grad:
+                self.made[id(x)] = x
+        return out
 
 
 @final
