@@ -29,8 +29,9 @@ class ODEProblem(Problem):
     Args:
         f: the vector field, called as ``f(t, y)`` with ``t`` a 0-d tensor and ``y`` shaped like
             ``y0`` (a tuple of tensors when ``y0`` is a tuple); returns dy/dt of the same shape.
-            An ``nn.Module`` contributes its parameters that require grad; any other callable
-            passes them in ``params``.
+            Any callable: every tensor it reads that requires grad (a module's parameters, a
+            closure's tensors, tensors computed from parameters) gets its gradient, with every
+            gradient rule.
         y0: the initial state, a floating tensor or a tuple of floating tensors.
         ts: 1-D floating tensor of output times, strictly increasing or strictly decreasing.
             ``ts[0]`` is the initial time. Set ``ts.requires_grad`` to get dL/dts.
