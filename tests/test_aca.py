@@ -84,10 +84,10 @@ def test_fixed_step_solver(ts, tuple_state, seed):
         direct, _, _ = _gradients(field, _copy(y0), ts, op.RK4(dt=0.13), op.Direct())
         aca, stats, _ = _gradients(field, _copy(y0), ts, op.RK4(dt=0.13), op.ACA(max_checkpoints=budget))
         _assert_close(aca, direct, 1e-10)
-        # RK4 is not first-same-as-last: every recomputed step evaluates all its stages (the
-        # same number for every step, at least 4).
-        per_step, rest = divmod(stats["nfe_backward"] - stats["nfe_recompute"], stats["steps_accepted"])
-        assert rest == 0 and per_step >= 4
+        # RK4's steps compute F(t1, y1) (for the dense output), so every recomputed step is handed
+        # its first stage and evaluates the other three and F(t1, y1), as in the forward; step 0
+        # also evaluates F(t0, y0).
+        assert stats["nfe_backward"] - stats["nfe_recompute"] == 4 * stats["steps_accepted"] + 1
 
 
 @pytest.mark.parametrize("times", [[0.0, 1.0], [0.0, 0.91], [0.0, 0.5, 1.04], [4.0, 0.001], [4.0, 2.0, -1e-300]])
@@ -107,39 +107,33 @@ def test_fixed_step_landing_on_the_end_time(times, solver):
 @pytest.mark.parametrize("solver", [op.Dopri5(rtol=1e-6, atol=1e-8), op.Bosh3(rtol=1e-5, atol=1e-7),
                                     op.RK4(dt=0.07), op.Euler(dt=0.1)], ids=lambda s: type(s).__name__)
 @pytest.mark.parametrize("direction", [1, -1])
-def test_step_from_reproduces_the_forward_bit_for_bit(solver, direction):
-    """The backward recomputes each accepted step from its checkpoint (t_i, y_i, h_i), as ACA
-    does (with the first stage handed over for first-same-as-last methods): same y_{i+1}."""
-    from odeplug_aca._aca import _PrimableField, _Recorder, _step_sizes
-
+def test_a_step_carries_what_its_recomputation_needs(solver, direction):
+    """ACA recomputes each accepted step from (t_i, y_i, Step.h) and hands it F(t_i, y_i), the
+    previous step's Step.f1: that reproduces y_{i+1} and F(t_{i+1}, y_{i+1}) bit for bit, one
+    evaluation cheaper. Step.landed marks a fixed-step solver's landing on the end time only."""
     field_module = MLPField(3, 16, seed=4)
     y0 = torch.randn(5, 3, dtype=f64, generator=torch.Generator().manual_seed(0))
     ts = torch.tensor([0.0, 0.4, 1.3, 2.1], dtype=f64) * direction
     problem = op.ODEProblem(field_module, y0, ts)
-    primable = _PrimableField(problem.flat_field())
-    stepper = op.make_stepper(solver, op.VectorField(primable, problem.direction), problem.layout)
-    recorder = _Recorder(stepper)
+    field = op.VectorField(problem.flat_field(), problem.direction)
+    stepper = op.make_stepper(solver, field, problem.layout)
     taken = []
-    s = op.solver_times(ts, problem.direction)
-
-    def on_step(step):
-        taken.append((step.t0, step.y0, recorder.h, step.t1, step.y1, recorder.f))
-
     with torch.no_grad():
-        op.integrate(recorder, problem.flat_y0(), s, op.Counts(), on_step)
+        op.integrate(stepper, problem.flat_y0(), op.solver_times(ts, problem.direction), op.Counts(),
+                     taken.append)
         assert len(taken) > 3
-        t0s, _, proposed, t1s, _, _ = (torch.stack(x) if i in (0, 2, 3) else x
-                                       for i, x in enumerate(zip(*taken)))
-        hs, landed = _step_sizes(t0s, t1s, proposed, s[-1])
-        # Fixed-step solvers land on the end time (2.1 = 30 · 0.07 = 21 · 0.1), adaptive ones pass it.
-        assert bool(landed[-1]) == isinstance(solver, (op.RK4, op.Euler)) and not landed[:-1].any()
-        for (t0, y, _, _, y1, f), h in zip(taken, hs):
-            assert torch.equal(stepper.step_from(t0, y, h).y1, y1)
-            if recorder.fsal:
-                primable.prime(y, f if direction > 0 else -f)
-                assert torch.equal(stepper.step_from(t0, y, h).y1, y1)
-                assert primable.y is None  # the handed-over stage was used
-    assert recorder.fsal == isinstance(solver, (op.Dopri5, op.Bosh3))
+        fixed = isinstance(solver, (op.RK4, op.Euler))  # 2.1 = 30 · 0.07 = 21 · 0.1
+        assert [bool(step.landed) for step in taken] == [False] * (len(taken) - 1) + [fixed]
+        for before, step in zip([None, *taken], taken):
+            nfe = field.nfe
+            again = stepper.step_from(step.t0, step.y0, step.h)
+            cost = field.nfe - nfe
+            assert torch.equal(again.y1, step.y1) and torch.equal(again.f1, step.f1)
+            if before is not None:
+                field.prime(step.y0, before.f1)
+                handed = stepper.step_from(step.t0, step.y0, step.h)
+                assert torch.equal(handed.y1, step.y1) and torch.equal(handed.f1, step.f1)
+                assert field.nfe - nfe == 2 * cost - 1
 
 
 def _analytic(rule, solver, T=2.5, t0=0.0, z0=2.0, a=0.2, middle=None):
@@ -232,8 +226,9 @@ def test_stats_are_filled_in_by_backward_in_place():
     assert "nfe_backward" not in stats
     n = stats["steps_accepted"]
     assert stats["checkpoints"] == n > 2
-    # y and F(t, y) per checkpoint (Dopri5 is first-same-as-last), three float64 times per step.
-    assert stats["checkpoint_bytes_peak"] == n * 2 * 6 * 8 + n * 3 * 8
+    # y per checkpoint, and F(t, y) for all but the first (Dopri5 is first-same-as-last: the
+    # previous step computed it), three float64 times and a flag per step.
+    assert stats["checkpoint_bytes_peak"] == (2 * n - 1) * 6 * 8 + n * (3 * 8 + 1)
     sol.ys.pow(2).sum().backward()
     assert sol.stats is stats
     # One step recomputed per accepted step; its first stage is reused except for step 0.
@@ -300,15 +295,6 @@ def test_options_and_errors():
         op.solve(problem, op.TorchDiffEq(method="dopri5"), op.ACA())
 
 
-def test_double_backward_is_refused():
-    field = Linear()
-    y0 = torch.ones(1, dtype=f64, requires_grad=True)
-    sol = op.solve(op.ODEProblem(field, y0, torch.tensor([0.0, 1.0], dtype=f64)), op.Dopri5(), op.ACA())
-    (g,) = torch.autograd.grad(sol.ys[-1].sum(), y0, create_graph=True)
-    with pytest.raises(RuntimeError):
-        g.sum().backward()
-
-
 class _WideField(torch.nn.Module):
     """A small state (2 × 4) and a large square weight: parameter gradients dominate memory."""
 
@@ -344,3 +330,234 @@ def test_backward_holds_the_running_gradient_sum_and_one_contribution():
     square = field.square.numel() * field.square.element_size()
     assert peaks["aca"] <= 2 * params + square // 4, (peaks, params)
     assert peaks["direct"] > 2.5 * params, (peaks, params)  # the bound is not a formality
+
+
+# -- random numbers drawn inside f ------------------------------------------------------------
+
+
+class _DropoutField(torch.nn.Module):
+    """f(t, y) = W2 dropout(tanh(W1 y + c t)): every evaluation draws a new mask (train mode)."""
+
+    def __init__(self, dim: int = 3, width: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w1 = torch.nn.Parameter(torch.randn(width, dim, generator=g, dtype=f64) / dim**0.5)
+        self.c = torch.nn.Parameter(torch.randn(width, generator=g, dtype=f64) * 0.5)
+        self.w2 = torch.nn.Parameter(torch.randn(dim, width, generator=g, dtype=f64) * 0.1 / width**0.5)
+        self.drop = torch.nn.Dropout(0.3)
+
+    def forward(self, t, y):
+        return self.drop(torch.tanh(y @ self.w1.T + t * self.c)) @ self.w2.T
+
+
+def _seeded_gradients(field, solver, rule, seed=7, create_graph=False):
+    """Gradients (y0, ts, θ) of a solve that starts from the seeded global RNG; asserts that
+    backward leaves the global RNG where it found it."""
+    y0 = torch.randn(2, 3, dtype=f64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    ts = torch.tensor([0.0, 0.4, 1.0], dtype=f64, requires_grad=True)
+    torch.manual_seed(seed)
+    sol = op.solve(op.ODEProblem(field, y0, ts), solver, rule)
+    loss = torch.sin(sol.ys).sum()
+    before = torch.get_rng_state()
+    grads = torch.autograd.grad(loss, [y0, ts, *field.parameters()], create_graph=create_graph)
+    assert torch.equal(torch.get_rng_state(), before)
+    return [g.reshape(-1) for g in grads], sol
+
+
+@pytest.mark.parametrize("budget", [None, 2])
+@pytest.mark.parametrize("solver", [op.Dopri5(rtol=1e-4, atol=1e-5), op.Bosh3(rtol=1e-3, atol=1e-4),
+                                    op.RK4(dt=0.1)], ids=lambda s: type(s).__name__)
+def test_dropout_is_replayed(solver, budget):
+    """Dropout in train mode: each recomputed step draws the masks its accepted attempt drew in
+    the forward (not those of the rejected attempts before it), F(t0, y0) those of f's first
+    evaluation; so the gradients are the Direct rule's, and the global RNG after backward is
+    what it was before."""
+    field = _DropoutField()
+    direct, direct_sol = _seeded_gradients(field, solver, op.Direct())
+    aca, sol = _seeded_gradients(field, solver, op.ACA(max_checkpoints=budget))
+    assert torch.equal(sol.ys, direct_sol.ys)
+    if isinstance(solver, op.Dopri5):
+        assert sol.stats["steps_rejected"] > 0
+    _assert_close(aca, direct, 1e-10)
+    # The draws' record: one generator state per step.
+    assert sol.stats["checkpoint_bytes_peak"] >= sol.stats["steps_accepted"] * torch.get_rng_state().numel()
+
+
+def test_dropout_needs_steps_that_return_their_end_slope():
+    """A stepper whose steps leave Step.f1 unset evaluates F(t_i, y_i) outside the step: its
+    draws cannot be replayed from the step's own record, and ACA says so."""
+    from odeplug import _dispatch
+
+    @op.configuration
+    class WithoutEndSlope(op.Solver):
+        pass
+
+    class Stepper(op.Stepper):
+        def __init__(self, inner):
+            self.inner, self.field = inner, inner.field
+            self.max_steps, self.order = inner.max_steps, inner.order
+
+        def start(self, t0, y0, t_end):
+            return self.inner.start(t0, y0, t_end)
+
+        def attempt(self, state, t_target, land=False):
+            new_state, step, status = self.inner.attempt(state, t_target, land)
+            return new_state, None if step is None else step._replace(f1=None), status
+
+        def interpolate(self, step, t):
+            return self.inner.interpolate(step, t)
+
+        def restart(self, state, y):
+            return self.inner.restart(state, y)
+
+        def step_from(self, t0, y0, h):
+            return self.inner.step_from(t0, y0, h)._replace(f1=None)
+
+    def make_stepper(solver: WithoutEndSlope, field: op.VectorField, layout: op.Layout):
+        return Stepper(op.make_stepper(op.Dopri5(rtol=1e-4, atol=1e-5), field, layout))
+
+    op.register(make_stepper)
+    try:
+        field = MLPField(3, 8, seed=0)
+        direct, _ = _seeded_gradients(field, WithoutEndSlope(), op.Direct())
+        aca, _ = _seeded_gradients(field, WithoutEndSlope(), op.ACA())
+        _assert_close(aca, direct, 1e-10)  # deterministic f: the first stages are evaluated
+        with pytest.raises(op.UnsupportedCombinationError, match="Step.f1"):
+            _seeded_gradients(_DropoutField(), WithoutEndSlope(), op.ACA())
+    finally:
+        _dispatch.unregister_for_tests("make_stepper", (WithoutEndSlope, op.VectorField, op.Layout))
+
+
+# -- second derivatives ---------------------------------------------------------------------
+
+
+def test_second_derivatives_of_the_linear_problem():
+    """dz/dt = a z, L = z(T)² + a²: d²L/da² = 4T² z0² e^{2aT} + 2, and the whole Hessian in
+    (z0, a, T) equals the Direct rule's."""
+    T, z0 = 1.5, 1.0
+
+    def hessian(rule):
+        f = Linear(0.2)
+        z = torch.tensor([z0], dtype=f64, requires_grad=True)
+        ts = torch.tensor([0.0, T], dtype=f64, requires_grad=True)
+        sol = op.solve(op.ODEProblem(f, z, ts), op.Dopri5(rtol=1e-10, atol=1e-10), rule)
+        loss = sol.ys[-1].pow(2).sum() + f.a**2
+        wrt = [z, f.a, ts]
+        grads = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, wrt, create_graph=True)])
+        rows = [torch.cat([h.reshape(-1) for h in torch.autograd.grad(g, wrt, retain_graph=True)])
+                for g in grads]
+        return torch.stack(rows)  # over (z0, a, t0, T)
+
+    aca, direct = hessian(op.ACA()), hessian(op.Direct())
+    assert float(aca[1, 1]) == pytest.approx(4 * T**2 * z0**2 * math.exp(0.4 * T) + 2, rel=1e-8)
+    _assert_close(aca.reshape(-1, 1), direct.reshape(-1, 1), 1e-10)
+
+
+@pytest.mark.parametrize("budget", [None, 2])
+@pytest.mark.parametrize("solver", [op.Dopri5(rtol=1e-6, atol=1e-8), op.RK4(dt=0.13)],
+                         ids=lambda s: type(s).__name__)
+def test_hessian_vector_products_equal_directs(solver, budget):
+    """create_graph=True, then a second backward: the gradient and the Hessian-vector product
+    in (y0, every output time, θ) equal the Direct rule's, including RK4's landing step."""
+
+    def hvp(rule):
+        field = MLPField(3, 8, seed=1)
+        y0 = torch.randn(2, 3, dtype=f64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        ts = torch.tensor([0.0, 0.45, 1.1], dtype=f64, requires_grad=True)
+        sol = op.solve(op.ODEProblem(field, y0, ts), solver, rule)
+        wrt = [y0, ts, *field.parameters()]
+        grads = torch.autograd.grad(torch.sin(sol.ys).sum(), wrt, create_graph=True)
+        products = torch.autograd.grad(sum(g.sum() for g in grads), wrt)
+        return [g.detach().reshape(-1) for g in grads] + [p.reshape(-1) for p in products]
+
+    _assert_close(hvp(op.ACA(max_checkpoints=budget)), hvp(op.Direct()), 1e-10)
+
+
+def test_second_derivatives_replay_dropout():
+    field = _DropoutField()
+    solver = op.Dopri5(rtol=1e-4, atol=1e-5)
+    results = {}
+    for name, rule in (("direct", op.Direct()), ("aca", op.ACA())):
+        grads, _ = _seeded_gradients(field, solver, rule, create_graph=True)
+        wrt = [*field.parameters()]
+        before = torch.get_rng_state()
+        products = torch.autograd.grad(sum(g.sum() for g in grads), wrt)
+        assert torch.equal(torch.get_rng_state(), before)
+        results[name] = [g.detach() for g in grads] + [p.reshape(-1) for p in products]
+    _assert_close(results["aca"], results["direct"], 1e-10)
+
+
+def test_gradcheck_and_gradgradcheck():
+    """Finite differences of the solution and of its gradient (fixed steps: the computed solution
+    is smooth in y0, every output time and w; the outputs lie inside steps)."""
+    w = (torch.randn(3, 3, dtype=f64, generator=torch.Generator().manual_seed(2)) / 2).requires_grad_()
+    y0 = torch.randn(2, 3, dtype=f64, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    ts = torch.tensor([0.0, 0.35, 0.65], dtype=f64, requires_grad=True)
+
+    def solution(y0, ts, w):
+        problem = op.ODEProblem(lambda t, y: torch.tanh(y @ w) * (1 + t), y0, ts)
+        return op.solve(problem, op.RK4(dt=0.1), op.ACA()).ys
+
+    assert torch.autograd.gradcheck(solution, (y0, ts, w))
+    assert torch.autograd.gradgradcheck(solution, (y0, ts, w))
+
+
+# -- module buffers, closures ---------------------------------------------------------------
+
+
+class _BatchNormField(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(),
+                                       torch.nn.Linear(8, 3)).double()
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+@pytest.mark.parametrize("budget", [None, 2])
+def test_batchnorm_running_statistics_are_the_forwards(budget):
+    """BatchNorm in train mode updates its running statistics at every evaluation. ACA's forward
+    evaluates f exactly where the Direct rule does (its first evaluation is the one that found
+    what f depends on), so the statistics after its forward are Direct's; its backward
+    re-evaluates f, and leaves them as the forward did — as Direct's backward, which evaluates
+    nothing. The gradients (batch statistics, a deterministic function) are Direct's too."""
+    results = {}
+    for name, rule in (("direct", op.Direct()), ("aca", op.ACA(max_checkpoints=budget))):
+        torch.manual_seed(0)
+        field = _BatchNormField()
+        y0 = torch.randn(5, 3, dtype=f64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        ts = torch.tensor([0.0, 0.5, 1.0], dtype=f64)
+        sol = op.solve(op.ODEProblem(field, y0, ts), op.Dopri5(rtol=1e-6, atol=1e-8), rule)
+        after_forward = [b.clone() for b in field.buffers()]
+        grads = torch.autograd.grad(torch.sin(sol.ys).sum(), [y0, *field.parameters()])
+        results[name] = (after_forward, [b.clone() for b in field.buffers()], grads, sol.stats)
+    (d_forward, d_backward, d_grads, _), (a_forward, a_backward, a_grads, stats) = results.values()
+    assert stats["nfe_backward"] > 0 and int(d_forward[-1]) == stats["nfe"]  # num_batches_tracked
+    for d, a_f, a_b in zip(d_forward, a_forward, a_backward):
+        assert torch.equal(a_f, d) and torch.equal(a_b, d)
+    assert all(torch.equal(d, b) for d, b in zip(d_forward, d_backward))
+    _assert_close([g.reshape(-1) for g in a_grads], [g.reshape(-1) for g in d_grads], 1e-10)
+
+
+@pytest.mark.parametrize("kind", ["leaf", "derived", "duplicated"])
+def test_closures_get_directs_gradients(kind):
+    """f a plain function closing over a leaf w; over softplus(raw), raw also used in the loss
+    elsewhere (its gradient arrives through both); over w named twice in params=[w, w]."""
+
+    def gradients(rule):
+        g = torch.Generator().manual_seed(5)
+        w = torch.randn(3, 3, dtype=f64, generator=g).requires_grad_()
+        raw = torch.randn(3, dtype=f64, generator=g).requires_grad_()
+        y0 = torch.randn(4, 3, dtype=f64, generator=g).requires_grad_()
+        ts = torch.tensor([0.0, 0.7, 1.5], dtype=f64)
+        scale = torch.nn.functional.softplus(raw)
+        if kind == "derived":
+            field, params = (lambda t, y: scale * torch.tanh(y @ w)), None
+        else:
+            field, params = (lambda t, y: torch.tanh(y @ w)), ([w, w] if kind == "duplicated" else None)
+        sol = op.solve(op.ODEProblem(field, y0, ts, params=params), op.Dopri5(rtol=1e-7, atol=1e-9), rule)
+        loss = torch.sin(sol.ys).sum() + scale.pow(2).sum()
+        return [x.reshape(-1) for x in torch.autograd.grad(loss, [y0, w, raw])]
+
+    _assert_close(gradients(op.ACA()), gradients(op.Direct()), 1e-10)

@@ -3,9 +3,18 @@
 Zhuang, Dvornek, Li, Tatikonda, Papademetris & Duncan, "Adaptive Checkpoint Adjoint Method for
 Gradient Estimation in Neural ODE", ICML 2020.
 
-Forward (no graph): the solver runs as usual; for every accepted step i (from s_i to s_i + h_i)
-the checkpoint (s_i, y_i, h_i) is kept and nothing else (not the stages). Each step is computed
-once. Backward: for i = n−1, …, 0 the step is recomputed from its checkpoint with a graph,
+The rule is a forward and a backward run by the autograd shell of :mod:`odeplug.backward`
+(which finds the tensors f depends on, saves what the forward keeps, keeps module buffers as the
+forward left them).
+
+Forward (no graph): the solver runs as usual; for every accepted step i (from s_i to
+s_i + h_i) the record (s_i, h_i, s_{i+1}, landed_i) and the checkpoint y_i are kept, and nothing
+else (not the stages, not the rejected attempts). Each step is computed once. For solvers whose
+steps compute F(s_{i+1}, y_{i+1}) (``Step.f1``: first-same-as-last tableaus, fixed-step
+solvers), the checkpoint also keeps F(s_i, y_i), the previous step's ``f1``, which the
+recomputation is handed (:meth:`odeplug.VectorField.prime`) instead of evaluating it.
+
+Backward: for i = n−1, …, 0 the step is recomputed from its checkpoint with a graph,
 ``step_from(s_i, y_i, h_i)``, which reproduces the forward's y_{i+1} bit for bit, and one
 vector–Jacobian product pulls the adjoint back through it:
 
@@ -16,16 +25,23 @@ output ŷ, and to dL/ds_0 through the step's start time s_i = s_0 + Σ_{j<i} h_j
 constants, as in the Direct rule, except a fixed-step solver's step landing on the end time,
 h = s_end − s_i, differentiated as there). The gradients are therefore those of the Direct rule
 (the exact derivative of the computed solution), with the memory of one step's graph plus the
-checkpoints. For first-same-as-last methods each checkpoint also keeps F(s_i, y_i), which the
-recomputation takes instead of evaluating it (see :class:`_PrimableField`).
+checkpoints. They are returned for what the shell differentiates: y0, the tensors f depends on,
+and the output times in user time t, where s = direction · t gives dL/dt = direction · dL/ds.
 
 With ``max_checkpoints = B`` only every k-th checkpoint is kept (k doubles whenever more than B
 would be stored); the backward recomputes the states of a segment without a graph from its
 kept checkpoint and the recorded step sizes, then backpropagates through it step by step.
+
+Random numbers drawn inside f (Dropout in train mode) are replayed as ``torch.utils.checkpoint``
+replays them: the forward records the generators' state at the start of each accepted step's
+attempt, and every recomputation of that step starts from it. Under ``create_graph=True`` the
+backward rebuilds the whole trajectory with a graph instead, so that second derivatives are the
+Direct rule's.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import attrs
@@ -38,19 +54,19 @@ from odeplug import (
     ODEProblem,
     Solution,
     Solver,
-    Stats,
     Step,
     Stepper,
     StepState,
-    VectorField,
     configuration,
     final,
 )
+from odeplug.backward import Gradients, Needs, RNGState, Tape, differentiate
 
 __all__ = ["ACA", "solve_aca"]
 
-# Per accepted step ACA also keeps three float64 scalars: start time, step size, end time.
-_TIME_BYTES_PER_STEP = 3 * 8
+# Per accepted step ACA also keeps three float64 scalars (start time, step size, end time) and
+# the one-byte flag saying whether the step landed on the end time.
+_RECORD_BYTES_PER_STEP = 3 * 8 + 1
 
 
 def _budget(instance: Any, attribute: Any, value: Any) -> None:
@@ -76,7 +92,9 @@ class ACA(GradientRule):
 
     Gradients equal the Direct rule's (discretise-then-optimise: exact for the computed
     solution, including dL/dt for every output time) at the memory of one step's graph plus
-    the checkpoints, for about one extra forward solve of work.
+    the checkpoints, for about one extra forward solve of work. Random numbers drawn inside f
+    (Dropout) are replayed step by step, and second derivatives (``create_graph=True``) are
+    the Direct rule's, computed by rebuilding the trajectory's graph in backward.
 
     Options:
         max_checkpoints: at most this many state checkpoints are stored (default ``None``: one
@@ -85,38 +103,14 @@ class ACA(GradientRule):
             ``stats["nfe_recompute"]``).
 
     Stats: ``nfe``, ``steps_accepted``, ``steps_rejected``, ``checkpoints`` (stored states),
-    ``checkpoint_bytes_peak`` (state checkpoints, with F(t_i, y_i) for first-same-as-last
-    methods, plus three float64 times per step; after backward also the states of a recomputed
-    segment), and after ``backward()``:
-    ``nfe_backward`` (all evaluations of the backward, recomputation included),
-    ``nfe_recompute`` and ``steps_backward``.
+    ``checkpoint_bytes_peak`` (state checkpoints, with F(t_i, y_i) where the previous step
+    computed it, plus three float64 times and a flag per step, plus the random number
+    generators' state per step when f draws random numbers; after backward also the states of
+    a recomputed segment), and after ``backward()``: ``nfe_backward`` (all evaluations of the
+    backward, recomputation included), ``nfe_recompute`` and ``steps_backward``.
     """
 
     max_checkpoints: int | None = attrs.field(default=None, validator=_budget)
-
-
-def _step_sizes(
-    t0: torch.Tensor, t1: torch.Tensor, proposed: torch.Tensor, end: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The size of every accepted step (1-D tensors of starts, ends and proposed sizes), and
-    which step landed on the end time ``end``.
-
-    A step of the proposed size h ends at t1 = t0 + h. A fixed-step solver shortens the step
-    that would pass the end time to land on it (see ``Stepper.start``): that step is
-    h = end − t0, which depends on the times (the Direct rule differentiates it), and it may be
-    followed by a sliver when t0 + (end − t0) rounds short of the end. So a step is taken as
-    landing when it ends where such a step ends, t1 = t0 + (end − t0) in floating point, and
-    either not where its proposed size would (t0 + h ≠ t1) or it is the final step (then
-    ending on the end is what a fixed step does; an adaptive step passes the end, and to end
-    within rounding of it would be a coincidence). Any other step whose end is not t0 + h keeps
-    h = t1 − t0, a constant.
-    """
-    final = torch.zeros_like(t1, dtype=torch.bool)
-    final[-1] = True
-    as_proposed = t0 + proposed == t1
-    landed = (t0 + (end - t0) == t1) & (final | ~as_proposed)
-    h = torch.where(landed, end - t0, torch.where(as_proposed, proposed, t1 - t0))
-    return h, landed
 
 
 def _own(t: torch.Tensor) -> torch.Tensor:
@@ -127,73 +121,34 @@ def _own(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class _PrimableField:
-    """``problem.flat_field()`` that can be told the value of its next evaluation at one state.
-
-    The backward recomputes step i from its checkpoint; the step's first stage F(t_i, y_i) is
-    already known (it is the last stage of step i − 1 for a first-same-as-last tableau, stored
-    with the checkpoint), so it is handed over instead of evaluated: as a leaf, whose gradient
-    is then pulled back through the last stage of step i − 1, exactly where the forward (and
-    the Direct rule's graph) computed it. This saves one evaluation and one VJP per step.
-    A primed value is used once, and only for the very tensor ``y`` it was primed with; if a
-    stepper never asks for it, the evaluation simply happens and the leaf gets no gradient.
-    """
-
-    __slots__ = ("fn", "y", "value", "hits")
-
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-        self.y: torch.Tensor | None = None
-        self.value: torch.Tensor | None = None
-        self.hits = 0
-
-    def prime(self, y: torch.Tensor, value: torch.Tensor) -> None:
-        self.y, self.value = y, value
-
-    def clear(self) -> None:
-        self.y = self.value = None
-
-    def __call__(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if y is self.y:
-            value = self.value
-            self.y = self.value = None
-            self.hits += 1
-            return value
-        return self.fn(s, y)
+def _nbytes(*tensors: torch.Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 @final
-class _Recorder(Stepper):
-    """Delegates to the solver's stepper and remembers, for the last attempt, the step size and
-    the first stage it started from, and whether the solver reuses a step's last stage as the
-    next step's first (first same as last).
+class _AttemptStates(Stepper):
+    """The solver's stepper, capturing the random number generators' state before each attempt.
 
-    A :class:`odeplug.Step` carries ``t0`` and ``t1`` but not ``h``, and ``t1 − t0`` is not ``h``
-    in floating point, while ``step_from`` needs the very ``h`` of the forward to reproduce its
-    ``y1`` bit for bit.
+    A step's random draws start where its *accepted* attempt started: rejected attempts draw
+    numbers too, so the state must be taken before every attempt, and the one before the
+    accepted attempt kept (:attr:`rng_state` when ``on_step`` sees the step).
     """
 
-    __slots__ = ("inner", "field", "max_steps", "order", "h", "f", "fsal")
+    __slots__ = ("inner", "field", "max_steps", "order", "rng_state")
 
     def __init__(self, inner: Stepper) -> None:
         self.inner = inner
         self.field = inner.field
         self.max_steps = inner.max_steps
         self.order = inner.order
-        self.h: torch.Tensor | None = None
-        self.f: torch.Tensor | None = None
-        self.fsal: bool | None = None
+        self.rng_state: RNGState | None = None
 
     def start(self, t0: torch.Tensor, y0: torch.Tensor, t_end: torch.Tensor) -> StepState:
         return self.inner.start(t0, y0, t_end)
 
     def attempt(self, state: StepState, t_target: torch.Tensor, land: bool = False):
-        self.h, self.f = state.h, state.f
-        new_state, step, status = self.inner.attempt(state, t_target, land)
-        if step is not None and self.fsal is None:
-            last = step.stages[-1]
-            self.fsal = new_state.f.shape == last.shape and new_state.f.data_ptr() == last.data_ptr()
-        return new_state, step, status
+        self.rng_state = RNGState.capture(state.y)
+        return self.inner.attempt(state, t_target, land)
 
     def interpolate(self, step: Step, t: torch.Tensor) -> torch.Tensor:
         return self.inner.interpolate(step, t)
@@ -203,6 +158,168 @@ class _Recorder(Stepper):
 
     def step_from(self, t0: torch.Tensor, y0: torch.Tensor, h: torch.Tensor) -> Step:
         return self.inner.step_from(t0, y0, h)
+
+
+@final
+class _Recording:
+    """What the forward keeps, built step by step by :meth:`on_step`.
+
+    Per accepted step: its start, size, end and landing flag, and (when f draws random numbers)
+    the generators' state at the start of its accepted attempt. Every ``stride``-th step also
+    keeps a checkpoint: y_i, and F(t_i, y_i) when the previous step computed it (``Step.f1``).
+    """
+
+    __slots__ = ("budget", "attempts", "solver", "t0s", "hs", "t1s", "landed", "rng_states",
+                 "kept", "stride", "kept_bytes", "peak_kept_bytes", "f1")
+
+    def __init__(self, budget: int | None, attempts: _AttemptStates | None, solver: Solver) -> None:
+        self.budget = budget
+        self.attempts = attempts
+        self.solver = solver
+        self.t0s: list[torch.Tensor] = []
+        self.hs: list[torch.Tensor] = []
+        self.t1s: list[torch.Tensor] = []
+        self.landed: list[torch.Tensor] = []
+        self.rng_states: list[RNGState] = []
+        self.kept: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # (i, y_i, F(t_i, y_i))
+        self.stride = 1
+        self.kept_bytes = 0
+        self.peak_kept_bytes = 0
+        self.f1: torch.Tensor | None = None  # the previous step's F(t_{i+1}, y_{i+1}), if any
+
+    def on_step(self, step: Step) -> None:
+        i = len(self.t0s)
+        self.t0s.append(step.t0)
+        self.hs.append(step.h)
+        self.t1s.append(step.t1)
+        self.landed.append(step.landed)
+        if self.attempts is not None:
+            if step.f1 is None:
+                raise odeplug.UnsupportedCombinationError(
+                    f"ACA with {type(self.solver).__name__}: f draws random numbers, and this "
+                    "solver's steps do not return F(t1, y1) (Step.f1), so ACA cannot replay the "
+                    "draws of each step's first stage. Use a first-same-as-last or fixed-step "
+                    "solver (Dopri5, Tsit5, Bosh3, RK4), Direct(), or make f deterministic "
+                    "(model.eval())."
+                )
+            self.rng_states.append(self.attempts.rng_state)
+        if i % self.stride == 0:
+            y, f = _own(step.y0), None if self.f1 is None else _own(self.f1)
+            self.kept.append((i, y, f))
+            self.kept_bytes += _nbytes(y, f)
+            self.peak_kept_bytes = max(self.peak_kept_bytes, self.kept_bytes)
+            if self.budget is not None and len(self.kept) > self.budget:
+                self.stride *= 2
+                self.kept = [c for c in self.kept if c[0] % self.stride == 0]
+                self.kept_bytes = sum(_nbytes(y, f) for _, y, f in self.kept)
+        self.f1 = step.f1
+
+    def save(self, tape: Tape) -> None:
+        """Hand the record to the shell (``tape.saved``, freed with the graph) and the Python
+        values to ``tape.memo``."""
+        kept_y = [y for _, y, _ in self.kept]
+        kept_f = [f for _, _, f in self.kept]
+        # One tensor per generator and step, not stacked: torch.set_rng_state mishandles a state
+        # that is a view into a larger tensor (it ignores the view's storage offset).
+        rng = [t for r in self.rng_states for t in (r.cpu, *r.device_states)]
+        if self.rng_states:
+            first = self.rng_states[0]
+            tape.memo["rng_devices"] = (first.device_type, first.devices)
+        record = (torch.stack(self.t0s), torch.stack(self.hs), torch.stack(self.t1s),
+                  torch.stack(self.landed))
+        tape.saved = (*record, *kept_y, *kept_f, *rng)
+        tape.memo["kept_index"] = [i for i, _, _ in self.kept]
+        tape.memo["record_bytes"] = len(self.t0s) * _RECORD_BYTES_PER_STEP + _nbytes(*rng)
+
+
+def _forward(tape: Tape) -> torch.Tensor:
+    stepper = odeplug.make_stepper(tape.solver, tape.field, tape.problem.layout)
+    tape.memo["stepper"] = stepper
+    counts = Counts()
+    if not tape.differentiated:
+        ys, _ = odeplug.integrate(stepper, tape.y0, tape.s, counts)
+        tape.stats.update(nfe=tape.field.nfe, steps_accepted=counts.accepted,
+                          steps_rejected=counts.rejected, checkpoints=0, checkpoint_bytes_peak=0)
+        return ys
+    attempts = _AttemptStates(stepper) if tape.uses_rng else None
+    recording = _Recording(tape.rule.max_checkpoints, attempts, tape.solver)
+    loop = stepper if attempts is None else attempts
+    ys, _ = odeplug.integrate(loop, tape.y0, tape.s, counts, recording.on_step)
+    recording.save(tape)
+    tape.stats.update(
+        nfe=tape.field.nfe,
+        steps_accepted=counts.accepted,
+        steps_rejected=counts.rejected,
+        checkpoints=len(recording.kept),
+        checkpoint_bytes_peak=recording.peak_kept_bytes + tape.memo["record_bytes"],
+    )
+    return ys
+
+
+@final
+class _Steps:
+    """The forward's record as the backward reads it, and the exact recomputation of a step.
+
+    :meth:`replay` recomputes step i as the forward took it: ``step_from(t_i, y_i, h_i)`` with
+    the first stage F(t_i, y_i) handed over when known, and, when f draws random numbers, from
+    the generators' state recorded at the start of the step's accepted attempt (F(t_0, y_0), the
+    one stage no step computed, from the state before f's first evaluation), all inside one
+    :meth:`forked` context so that the generators are left as they were found.
+    """
+
+    __slots__ = ("stepper", "field", "n", "t0s", "hs", "t1s", "landed", "kept_index", "kept_y",
+                 "kept_f", "rng_initial", "rng_devices", "rng_states")
+
+    def __init__(self, tape: Tape) -> None:
+        self.stepper: Stepper = tape.memo["stepper"]
+        self.field = tape.field
+        self.t0s, self.hs, self.t1s, self.landed, *rest = tape.saved
+        self.n = len(self.t0s)
+        self.kept_index: list[int] = tape.memo["kept_index"]
+        k = len(self.kept_index)
+        self.kept_y, self.kept_f = rest[:k], rest[k : 2 * k]
+        self.rng_initial = tape.rng_state if tape.uses_rng else None
+        if self.rng_initial is not None:
+            self.rng_devices = tape.memo["rng_devices"]
+            self.rng_states = rest[2 * k :]
+
+    def forked(self) -> AbstractContextManager[Any]:
+        return self.rng_initial.fork() if self.rng_initial is not None else nullcontext()
+
+    def replay(self, i: int, t0: torch.Tensor, y0: torch.Tensor, h: torch.Tensor,
+               f0: torch.Tensor | None) -> Step:
+        """Step ``i`` from (t0, y0, h), handed ``f0`` = F(t0, y0) unless ``None``."""
+        if self.rng_initial is not None:
+            if f0 is None:  # step 0 (the forward refuses other steps without a known F(t_i, y_i))
+                self.rng_initial.restore()
+                f0 = self.field(t0.to(y0.dtype), y0)
+            self._rng_state(i).restore()
+        if f0 is not None:
+            self.field.prime(y0, f0)
+        return self.stepper.step_from(t0, y0, h)
+
+    def _rng_state(self, i: int) -> RNGState:
+        """The generators' state at the start of step ``i``'s accepted attempt."""
+        device_type, devices = self.rng_devices
+        per_step = 1 + len(devices)  # the CPU generator's state, then each device's
+        cpu, *on_devices = self.rng_states[i * per_step : (i + 1) * per_step]
+        return RNGState(cpu, device_type, devices, tuple(on_devices))
+
+    def outputs_by_step(self, s: torch.Tensor) -> dict[int, tuple[int, int]]:
+        """Step i → the range [lo, hi) of the outputs read from its dense output: output k ≥ 1
+        lies in the first accepted step whose end reaches s_k (as the forward reads it)."""
+        step_of = torch.searchsorted(self.t1s, s[1:].to(self.t1s.dtype), side="left")
+        ranges: dict[int, tuple[int, int]] = {}
+        for k, i in enumerate(step_of.clamp_(max=self.n - 1).tolist(), start=1):
+            lo, _ = ranges.get(i, (k, k))
+            ranges[i] = (lo, k + 1)
+        return ranges
+
+    def starts_follow_the_end(self) -> torch.Tensor:
+        """For each step, whether a step before it landed on the end time: its start is then
+        s_end + Σ h (constant h) rather than s_0 + Σ h."""
+        landed = self.landed.to(torch.int64)
+        return (landed.cumsum(0) - landed) > 0
 
 
 class _RunningSum:
@@ -248,282 +365,155 @@ class _HandOver(torch.autograd.Function):
         return (None, *sums)
 
 
-class _Tape:
-    """What one ACA solve keeps between its forward and its backward (not the tensors saved
-    for backward, which go through ``ctx.save_for_backward`` so autograd frees them)."""
+def _backward(tape: Tape, grad_ys: torch.Tensor, needs: Needs) -> Gradients:
+    steps = _Steps(tape)
+    start = tape.field.nfe
+    if torch.is_grad_enabled():  # backward(create_graph=True)
+        grads = _differentiable_gradients(tape, steps, grad_ys, needs)
+    else:
+        grads = _step_by_step_gradients(tape, steps, grad_ys, needs)
+    stats = tape.stats
+    stats["nfe_backward"] = stats.get("nfe_backward", 0) + tape.field.nfe - start
+    stats["steps_backward"] = stats.get("steps_backward", 0) + steps.n
+    stats.setdefault("nfe_recompute", 0)
+    return grads
 
-    __slots__ = ("stepper", "field", "budget", "stats", "kept_index", "fsal", "landed",
-                 "state_bytes", "n_steps", "n_params", "_pending")
 
-    def __init__(self, stepper: Stepper, field: _PrimableField, budget: int | None, stats: Stats,
-                 n_params: int) -> None:
-        self.stepper = stepper
-        self.field = field
-        self.budget = budget
-        self.stats = stats
-        self.n_params = n_params
-        self.kept_index: list[int] = []
-        self.fsal = False
-        self.landed: list[bool] = []
-        self.state_bytes = 0
-        self.n_steps = 0
-        self._pending: tuple[torch.Tensor, ...] = ()
+def _step_by_step_gradients(tape: Tape, steps: _Steps, grad_ys: torch.Tensor, needs: Needs) -> Gradients:
+    """First derivatives: the steps in reverse, each recomputed with a graph and pulled back
+    with one VJP (see the module docstring)."""
+    field, stepper, n = tape.field, steps.stepper, steps.n
+    s = tape.s.detach()
+    outputs_of = steps.outputs_by_step(s)
+    wanted = [p for p, need in zip(tape.inputs, needs.inputs) if need]
+    running = _RunningSum()
+    grad_s = torch.zeros_like(s) if needs.ts else None
+    # ∂L/∂s_i through each step's own start time, attributed to s_0 or s_end at the end.
+    start_grads = s.new_zeros(n) if needs.ts else None
+    a: torch.Tensor | None = None  # dL/dy at the end of the step being processed
+    a_f: torch.Tensor | None = None  # dL/dF(t, y) there, when the next step was handed it
+    nfe_recompute = 0
+    segment_peak_bytes = 0
 
-    # -- forward -------------------------------------------------------------------------------
-    def forward(self, y0: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        recorder = _Recorder(self.stepper)
-        counts = Counts()
-        budget = self.budget
-        kept_index: list[int] = []
-        kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # (y_i, F(t_i, y_i)) per checkpoint
-        t0s: list[torch.Tensor] = []
-        t1s: list[torch.Tensor] = []
-        hs: list[torch.Tensor] = []
-        stride = 1
-        peak_kept = 0
-
-        def on_step(step: Step) -> None:
-            nonlocal stride, peak_kept
-            j = len(t0s)
-            t0s.append(step.t0)
-            t1s.append(step.t1)
-            hs.append(recorder.h)  # the proposed size (a landing step is told apart below)
-            if j % stride == 0:
-                kept_index.append(j)
-                kept.append((_own(step.y0), _own(recorder.f) if recorder.fsal else None))
-                peak_kept = max(peak_kept, len(kept))
-                if budget is not None and len(kept) > budget:
-                    stride *= 2
-                    keep = [i for i, index in enumerate(kept_index) if index % stride == 0]
-                    kept_index[:] = [kept_index[i] for i in keep]
-                    kept[:] = [kept[i] for i in keep]
-
-        ys, _ = odeplug.integrate(recorder, y0, s, counts, on_step)
-        # With first-same-as-last, each checkpoint keeps F(t_i, y_i) too (see _PrimableField).
-        self.fsal = bool(recorder.fsal)
-        per_checkpoint = (2 if self.fsal else 1)
-        field = self.stepper.field
-        self.n_steps = len(t0s)
-        self.kept_index = kept_index
-        self.state_bytes = y0.numel() * y0.element_size()
-        self.stats.update(
-            nfe=field.nfe,
-            steps_accepted=counts.accepted,
-            steps_rejected=counts.rejected,
-            checkpoints=len(kept),
-            checkpoint_bytes_peak=peak_kept * per_checkpoint * self.state_bytes
-            + self.n_steps * _TIME_BYTES_PER_STEP,
-        )
-        tensors = [y for y, _ in kept] + ([f for _, f in kept] if self.fsal else [])
-        t0, t1, h = torch.stack(t0s), torch.stack(t1s), torch.stack(hs)
-        h, on_end = _step_sizes(t0, t1, h, s[-1].to(t0.dtype))
-        self.landed = on_end.tolist()
-        self._pending = (t0, h, t1, *tensors)
-        return ys
-
-    def take_saved(self) -> tuple[torch.Tensor, ...]:
-        saved, self._pending = self._pending, ()
-        return saved
-
-    # -- backward ------------------------------------------------------------------------------
-    def backward(
-        self,
-        grad_ys: torch.Tensor,
-        s: torch.Tensor,
-        params: tuple[torch.Tensor, ...],
-        saved: tuple[torch.Tensor, ...],
-        need_y0: bool,
-        need_s: bool,
-        need_params: tuple[bool, ...],
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor | None]]:
-        stepper, pfield, fsal = self.stepper, self.field, self.fsal
-        field = stepper.field
-        sign = field.direction  # F = sign · f(sign · s, y): a primed f-value is sign · F
-        nfe_start, hits_start = field.nfe, pfield.hits
-        t0s, hs, t1s, *checkpoints = saved
-        kept_index, landed = self.kept_index, self.landed
-        kept_y = checkpoints[: len(kept_index)]
-        kept_f = checkpoints[len(kept_index):] if fsal else None
-        n = self.n_steps
-        after_landing = [False] * n
-        for j in range(1, n):
-            after_landing[j] = after_landing[j - 1] or landed[j - 1]
-
-        # Output k >= 1 lies in the first accepted step whose end reaches s_k (as in `advance`).
-        s_detached = s.detach()
-        step_of = torch.searchsorted(t1s, s_detached[1:].to(t1s.dtype), side="left")
-        step_of = step_of.clamp_(max=n - 1).tolist()
-        outputs_of: dict[int, tuple[int, int]] = {}  # step -> its outputs' range [lo, hi)
-        for k, j in enumerate(step_of, start=1):
-            lo, _ = outputs_of.get(j, (k, k))
-            outputs_of[j] = (lo, k + 1)
-
-        wanted = [p for p, need in zip(params, need_params) if need]
-        running = _RunningSum()
-        grad_s = torch.zeros_like(s_detached) if need_s else None
-        grad_t0 = torch.zeros((), dtype=s_detached.dtype, device=s_detached.device)
-        a: torch.Tensor | None = None  # dL/dy at the end of the step being processed
-        a_f: torch.Tensor | None = None  # dL/dF(t, y) there, when the next step was primed
-        nfe_recompute = 0
-        peak_extra = 0
-
-        for segment in range(len(kept_index) - 1, -1, -1):
-            first = kept_index[segment]
-            end = kept_index[segment + 1] if segment + 1 < len(kept_index) else n
+    with steps.forked():
+        for segment in range(len(steps.kept_index) - 1, -1, -1):
+            first = steps.kept_index[segment]
+            end = steps.kept_index[segment + 1] if segment + 1 < len(steps.kept_index) else n
             # Recompute the segment's states without a graph (none when every step is kept).
-            states_y = [kept_y[segment]]
-            states_f = [kept_f[segment]] if fsal else None
+            states = [(steps.kept_y[segment], steps.kept_f[segment])]
             if end - first > 1:
-                before = field.nfe - pfield.hits
+                before = field.nfe
                 with torch.no_grad():
-                    for j in range(first, end - 1):
-                        if fsal:
-                            pfield.prime(states_y[-1], states_f[-1] if sign > 0 else -states_f[-1])
-                        step = stepper.step_from(t0s[j], states_y[-1], hs[j])
-                        pfield.clear()
-                        states_y.append(step.y1)
-                        if fsal:
-                            states_f.append(_own(step.stages[-1]))
-                nfe_recompute += field.nfe - pfield.hits - before
-                peak_extra = max(peak_extra, len(states_y) - 1)
-            for j in range(end - 1, first - 1, -1):
-                y0 = states_y.pop().detach().requires_grad_(True)
-                f0 = states_f.pop() if fsal else None
-                outputs_here = outputs_of.get(j, ())
+                    for i in range(first, end - 1):
+                        y_i, f_i = states[-1]
+                        step = steps.replay(i, steps.t0s[i], y_i, steps.hs[i], f_i)
+                        states.append((step.y1, None if step.f1 is None else _own(step.f1)))
+                nfe_recompute += field.nfe - before
+                segment_peak_bytes = max(segment_peak_bytes, sum(_nbytes(*c) for c in states[1:]))
+            for i in range(end - 1, first - 1, -1):
+                y_i, f_i = states.pop()
+                outputs_here = outputs_of.get(i)
                 with torch.enable_grad():
-                    primed = None
-                    if fsal and j > 0:  # step 0's first stage is F(s_0, y_0): keep its graph
-                        primed = (f0 if sign > 0 else -f0).detach().requires_grad_(True)
-                        pfield.prime(y0, primed)
-                    t0 = t0s[j].detach().requires_grad_(True) if need_s else t0s[j]
-                    h = hs[j]
-                    if need_s and landed[j]:  # h = s_end − t0, as in the forward
-                        end_leaf = s_detached[-1].to(t0.dtype).clone().requires_grad_(True)
-                        h = end_leaf - t0
-                    step = stepper.step_from(t0, y0, h)
-                    pfield.clear()
+                    y0 = y_i.detach().requires_grad_(True)
+                    f0 = None if f_i is None else f_i.detach().requires_grad_(True)
+                    t0, h = steps.t0s[i], steps.hs[i]
+                    if needs.ts:
+                        t0 = t0.detach().requires_grad_(True)
+                        # A landing step's size is s_end − s_i, as in the forward.
+                        end_leaf = s[-1].to(t0.dtype).clone().requires_grad_(True)
+                        h = torch.where(steps.landed[i], end_leaf - t0, h)
+                    step = steps.replay(i, t0, y0, h, f0)
                     outs: list[torch.Tensor] = []
                     cotangents: list[torch.Tensor] = []
                     if a is not None:
                         outs.append(step.y1)
                         cotangents.append(a)
                     if a_f is not None:
-                        outs.append(step.stages[-1])
+                        outs.append(step.f1)
                         cotangents.append(a_f)
-                    time_leaves: list[torch.Tensor] = []
-                    if outputs_here:  # the step's outputs s_lo, …, s_{hi−1}, read together
+                    if outputs_here is not None:  # the step's outputs s_lo, …, s_{hi−1}, read together
                         lo, hi = outputs_here
-                        s_here = s_detached[lo:hi]
-                        if need_s:
-                            s_here = s_here.clone().requires_grad_(True)
-                            time_leaves.append(s_here)
+                        s_here = s[lo:hi].clone().requires_grad_(True) if needs.ts else s[lo:hi]
                         outs.append(stepper.interpolate(step, s_here))
                         cotangents.append(grad_ys[lo:hi])
                     if not outs:
                         continue
                     if wanted:
                         outs.append(_HandOver.apply(running, *wanted))
-                        cotangents.append(torch.ones((), dtype=wanted[0].dtype, device=wanted[0].device))
-                    inputs = [y0, *wanted]
-                    if primed is not None:
-                        inputs.append(primed)
-                    if need_s:
-                        inputs += [t0, *time_leaves]
-                        if landed[j]:
-                            inputs.append(end_leaf)
-                    grads = torch.autograd.grad(outs, inputs, cotangents, allow_unused=True)
+                        cotangents.append(wanted[0].new_ones(()))
+                    wrt = [y0, *wanted]
+                    if f0 is not None:
+                        wrt.append(f0)
+                    if needs.ts:
+                        wrt += [t0, end_leaf] + ([s_here] if outputs_here is not None else [])
+                    grads = list(torch.autograd.grad(outs, wrt, cotangents, allow_unused=True))
                 a = grads[0] if grads[0] is not None else torch.zeros_like(y0)
                 if wanted:
-                    running.sums = list(grads[1 : 1 + len(wanted)])
-                base = 1 + len(wanted)
-                a_f = None
-                if primed is not None:
-                    if grads[base] is not None:
-                        a_f = grads[base] if sign > 0 else -grads[base]
-                    base += 1
-                if need_s:
-                    if grads[base] is not None:
-                        # A step's start is s_0 + Σ h (constant h) until a step lands on the
-                        # end time: from there on it is s_end + Σ h.
-                        if after_landing[j]:
-                            grad_s[-1] += grads[base]
-                        else:
-                            grad_t0 = grad_t0 + grads[base]
-                    if time_leaves and grads[base + 1] is not None:
-                        lo, hi = outputs_here
-                        grad_s[lo:hi] += grads[base + 1]
-                    if landed[j] and grads[-1] is not None:
-                        grad_s[-1] += grads[-1]
+                    running.sums = grads[1 : 1 + len(wanted)]
+                rest = grads[1 + len(wanted) :]
+                a_f = rest.pop(0) if f0 is not None else None
+                if needs.ts:
+                    g_start, g_end, *g_outputs = rest
+                    if g_start is not None:
+                        start_grads[i] = g_start
+                    if g_end is not None:
+                        grad_s[-1] += g_end
+                    if g_outputs and g_outputs[0] is not None:
+                        grad_s[lo:hi] += g_outputs[0]
                 # Free this step's gradients (parameter-sized) and graph before the next VJP.
-                del grads, outs, cotangents, step
+                del grads, rest, outs, cotangents, step
 
-        grad_y0 = grad_ys[0] if a is None else a + grad_ys[0]
-        if need_s:
-            grad_s[0] += grad_t0
-        grad_params: list[torch.Tensor | None] = []
-        it = iter(running.sums if running.sums is not None else [None] * len(wanted))
-        for p, need in zip(params, need_params):
-            if not need:
-                grad_params.append(None)
-                continue
-            g = next(it)
-            grad_params.append(torch.zeros_like(p) if g is None else g)
+    grad_ts = None
+    if needs.ts:
+        follows_end = steps.starts_follow_the_end()
+        grad_s[0] += torch.where(follows_end, 0.0, start_grads).sum()
+        grad_s[-1] += torch.where(follows_end, start_grads, 0.0).sum()
+        grad_ts = (tape.direction * grad_s).to(tape.problem.ts.dtype)  # s = direction · t
+    sums = iter(running.sums if running.sums is not None else [None] * len(wanted))
+    grad_inputs = []
+    for p, need in zip(tape.inputs, needs.inputs):
+        g = next(sums) if need else None
+        grad_inputs.append(torch.zeros_like(p) if need and g is None else g)
 
-        stats = self.stats
-        evaluated = field.nfe - nfe_start - (pfield.hits - hits_start)
-        stats["nfe_backward"] = stats.get("nfe_backward", 0) + evaluated
-        stats["nfe_recompute"] = stats.get("nfe_recompute", 0) + nfe_recompute
-        stats["steps_backward"] = stats.get("steps_backward", 0) + n
-        if peak_extra:
-            per = 2 if fsal else 1
-            segment_peak = (len(kept_index) + peak_extra) * per * self.state_bytes + n * _TIME_BYTES_PER_STEP
-            stats["checkpoint_bytes_peak"] = max(stats["checkpoint_bytes_peak"], segment_peak)
-        return (grad_y0 if need_y0 else None), grad_s, grad_params
+    stats = tape.stats
+    stats["nfe_recompute"] = stats.get("nfe_recompute", 0) + nfe_recompute
+    if segment_peak_bytes:
+        kept = sum(_nbytes(y, f) for y, f in zip(steps.kept_y, steps.kept_f))
+        peak = kept + segment_peak_bytes + tape.memo["record_bytes"]
+        stats["checkpoint_bytes_peak"] = max(stats["checkpoint_bytes_peak"], peak)
+    grad_y0 = grad_ys[0] if a is None else a + grad_ys[0]
+    return Gradients(grad_y0, grad_ts, tuple(grad_inputs))
 
 
-class _ACAFunction(torch.autograd.Function):
-    """Inputs: the tape, the flat y0, the solver times s and the parameters; output: the flat
-    states at s, stacked."""
-
-    @staticmethod
-    def forward(ctx: Any, tape: _Tape, y0: torch.Tensor, s: torch.Tensor, *params: torch.Tensor):
-        ys = tape.forward(y0, s)
-        ctx.tape = tape
-        ctx.save_for_backward(s, *params, *tape.take_saved())
-        return ys
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_ys: torch.Tensor):
-        tape: _Tape = ctx.tape
-        saved = ctx.saved_tensors
-        s, params, rest = saved[0], saved[1 : 1 + tape.n_params], saved[1 + tape.n_params :]
-        need = ctx.needs_input_grad
-        grad_y0, grad_s, grad_params = tape.backward(
-            grad_ys, s, params, rest, need[1], need[2], tuple(need[3:])
-        )
-        return (None, grad_y0, grad_s, *grad_params)
+def _differentiable_gradients(tape: Tape, steps: _Steps, grad_ys: torch.Tensor, needs: Needs) -> Gradients:
+    """Gradients that are themselves differentiable (``create_graph=True``): the trajectory is
+    recomputed with a graph from y0, step by step with the recorded sizes (and random draws), in
+    the very structure of the Direct rule's forward — step starts s_0 + Σ h, a landing step's
+    h = s_end − s_i, each step's first stage the previous step's F(t_{i+1}, y_{i+1}) — and
+    differentiated with ``create_graph=True``. So second derivatives are the Direct rule's, at
+    the Direct rule's memory for the duration of this backward."""
+    problem = tape.problem
+    s = odeplug.solver_times(problem.ts, tape.direction)  # on the graph of ts
+    outputs_of = steps.outputs_by_step(s.detach())
+    y, t0, f0 = tape.y0, s[0], None
+    rows = [y.unsqueeze(0)]
+    with steps.forked():
+        for i in range(steps.n):
+            h = torch.where(steps.landed[i], s[-1] - t0, steps.hs[i])
+            step = steps.replay(i, t0, y, h, f0)
+            if i in outputs_of:
+                lo, hi = outputs_of[i]
+                rows.append(steps.stepper.interpolate(step, s[lo:hi]))
+            y, t0, f0 = step.y1, step.t1, step.f1
+    wanted = [p for p, need in zip(tape.inputs, needs.inputs) if need]
+    wrt = [x for x, need in ((tape.y0, needs.y0), (problem.ts, needs.ts)) if need] + wanted
+    grads = iter(torch.autograd.grad(torch.cat(rows), wrt, grad_ys, create_graph=True, allow_unused=True))
+    grad_y0 = next(grads) if needs.y0 else None
+    grad_ts = next(grads) if needs.ts else None
+    return Gradients(grad_y0, grad_ts, tuple(next(grads) if need else None for need in needs.inputs))
 
 
 def solve_aca(problem: ODEProblem, solver: Solver, rule: ACA, **options: Any) -> Solution:
     odeplug.reject_options("solve(ODEProblem, Solver, ACA)", options)
-    pfield = _PrimableField(problem.flat_field())
-    field = VectorField(pfield, problem.direction)
-    stepper = odeplug.make_stepper(solver, field, problem.layout)
-    s = odeplug.solver_times(problem.ts, problem.direction)
-    y0 = problem.flat_y0()
-    params = problem.params
-    stats = Stats()
-    needs_grad = torch.is_grad_enabled() and (
-        y0.requires_grad or s.requires_grad or any(p.requires_grad for p in params)
-    )
-    if not needs_grad:
-        counts = Counts()
-        with torch.no_grad():
-            ys, _ = odeplug.integrate(stepper, y0, s, counts)
-        stats.update(nfe=field.nfe, steps_accepted=counts.accepted, steps_rejected=counts.rejected,
-                     checkpoints=0, checkpoint_bytes_peak=0)
-        return Solution(problem.unflatten(ys), problem.ts, stats)
-    tape = _Tape(stepper, pfield, rule.max_checkpoints, stats, len(params))
-    ys = _ACAFunction.apply(tape, y0, s, *params)
-    return Solution(problem.unflatten(ys), problem.ts, stats)
+    return differentiate(problem, solver, rule, _forward, _backward,
+                         replays_randomness=True, second_derivatives=True)
