@@ -13,8 +13,9 @@ for every rule:
 3. runs the forward inside a ``torch.autograd.Function`` whose inputs are (y0, ts, *inputs), and
    saves them, so that an in-place change between forward and backward (``optimizer.step()``)
    raises instead of differentiating at the new values;
-4. in backward, refuses second derivatives unless the rule computes them, keeps module buffers
-   (BatchNorm running statistics) as the forward left them, and fills ``Solution.stats``.
+4. in backward, refuses second derivatives unless the rule computes them, keeps the tensors f
+   changes in place (BatchNorm running statistics, of a module f is or closes over) as the
+   forward left them, and fills ``Solution.stats``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Tape:
         y0: the flat initial state; ``s``: the output times in solver time (increasing).
         inputs: the tensors f depends on that require grad (gradients are returned for these).
         uses_rng: f draws random numbers.
+        state: tensors from outside f that it changes in place (BatchNorm running statistics);
+            the shell puts them back after backward's re-evaluations.
         rng_state: the random number generators' state before f's first evaluation (F(t0, y0),
             the one ``field`` is primed with), for rules that replay f's draws.
         stats: the solution's :class:`Stats`; the forward and the backward add their counts.
@@ -66,6 +69,7 @@ class Tape:
     inputs: tuple[torch.Tensor, ...]
     uses_rng: bool
     rng_state: RNGState
+    state: tuple[torch.Tensor, ...]
     stats: Stats
     memo: dict = attrs.field(factory=dict)
     saved: tuple[torch.Tensor, ...] = ()
@@ -104,17 +108,16 @@ Backward = Callable[[Tape, torch.Tensor, Needs], Gradients]
 
 
 @contextmanager
-def _buffers_kept(f: Any) -> Iterator[None]:
-    """Re-evaluations in backward must not move module buffers (BatchNorm running statistics)
-    a second time: put back what the forward left."""
-    buffers = list(f.buffers()) if isinstance(f, torch.nn.Module) else []
-    kept = [b.detach().clone() for b in buffers]
+def _state_kept(state: tuple[torch.Tensor, ...]) -> Iterator[None]:
+    """Re-evaluations in backward must not move f's state (BatchNorm running statistics) a
+    second time: put back what the forward left."""
+    kept = [x.detach().clone() for x in state]
     try:
         yield
     finally:
         with torch.no_grad():
-            for b, value in zip(buffers, kept):
-                b.copy_(value)
+            for x, value in zip(state, kept):
+                x.copy_(value)
 
 
 class _Shell(torch.autograd.Function):
@@ -154,7 +157,7 @@ class _Shell(torch.autograd.Function):
         tape.saved = tuple(saved[2 + k :])
         need = ctx.needs_input_grad
         needs = Needs(need[1], need[2], tuple(need[3 : 3 + k]))
-        with _buffers_kept(tape.problem.f):
+        with _state_kept(tape.state):
             grads = backward(tape, grad_ys, needs)
         tape.saved = ()
         inputs = [g if wanted else None for g, wanted in zip(grads.inputs, needs.inputs)]
@@ -208,7 +211,7 @@ def differentiate(
     field.prime(y0, found.value)
     stats = Stats()
     tape = Tape(problem, solver, rule, field, y0, s, found.tensors,
-                found.uses_rng, rng_state, stats)
+                found.uses_rng, rng_state, found.state, stats)
     tape.differentiated = torch.is_grad_enabled() and (
         y0.requires_grad or problem.ts.requires_grad or bool(tape.inputs)
     )

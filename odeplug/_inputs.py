@@ -30,26 +30,37 @@ __all__ = ["FieldInputs", "RNGState", "field_inputs"]
 
 @final
 class _Reads(TorchFunctionMode):
-    """Records every tensor that requires grad passed to a torch operation and not made by an
-    earlier one in the same evaluation: the tensors the field closes over. (Run under
-    ``no_grad``, new tensors do not require grad, except views of ones that do, such as
-    ``w.T``: those are made inside and are not inputs.)"""
+    """Watches one evaluation of a field. Records every tensor that requires grad passed to a
+    torch operation and not made by an earlier one in the same evaluation: the tensors the
+    field closes over. (Run under ``no_grad``, new tensors do not require grad, except views of
+    ones that do, such as ``w.T``: those are made inside and are not inputs.) Also notes the
+    version of every other tensor from outside it reads, to tell which ones it changes in place
+    (BatchNorm's running statistics)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.found: dict[int, torch.Tensor] = {}
         self.made: dict[int, torch.Tensor] = {}  # kept alive so that no id is reused meanwhile
+        self.read: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # (tensor, its value then)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         for x in tree_flatten((args, kwargs))[0]:
-            if isinstance(x, torch.Tensor) and x.requires_grad and id(x) not in self.made:
+            if not isinstance(x, torch.Tensor) or id(x) in self.made:
+                continue
+            if x.requires_grad:
                 self.found.setdefault(id(x), x)
+            elif id(x) not in self.read:
+                self.read[id(x)] = (x, x.clone())
         out = func(*args, **kwargs)
         for x in tree_flatten(out)[0]:
-            if isinstance(x, torch.Tensor) and x.requires_grad:
+            if isinstance(x, torch.Tensor) and id(x) not in self.read:
                 self.made[id(x)] = x
         return out
+
+    def changed(self) -> tuple[torch.Tensor, ...]:
+        """The outside tensors the evaluation changed in place."""
+        return tuple(x for x, before in self.read.values() if not torch.equal(x, before))
 
 
 @final
@@ -98,11 +109,14 @@ class FieldInputs:
         value: the evaluation made to find them, F(t0, y0), reusable as the solve's first stage.
         uses_rng: the evaluation advanced the global random number generator (Dropout in train
             mode, noise drawn inside f).
+        state: tensors from outside f that it changes in place, such as the running statistics
+            of a BatchNorm layer in train mode (of a module f is, or closes over).
     """
 
     tensors: tuple[torch.Tensor, ...]
     value: torch.Tensor
     uses_rng: bool
+    state: tuple[torch.Tensor, ...] = ()
 
 
 def _ancestors(tensors: Iterable[torch.Tensor]) -> set[int]:
@@ -146,4 +160,4 @@ def field_inputs(
     for p in params:
         if p.requires_grad and id(p) not in found and id(p) not in behind:
             found[id(p)] = p
-    return FieldInputs(tuple(found.values()), value, uses_rng)
+    return FieldInputs(tuple(found.values()), value, uses_rng, reads.changed())

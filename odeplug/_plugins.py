@@ -166,3 +166,9 @@ def reset_for_tests() -> None:
     global _loaded
     with _lock:
         _loaded = None
+
+
+def unexport_for_tests(name: str) -> None:
+    """Forget a name a test exported (tests register throw-away plugins)."""
+    _exports.pop(name)
+    _export_owner.pop(name)

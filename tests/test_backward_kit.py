@@ -93,25 +93,28 @@ def test_an_in_place_change_before_backward_names_the_cause():
         sol.ys.sum().backward()
 
 
-@pytest.mark.parametrize("rule", [op.Adjoint(), op.GQAdjoint()], ids=lambda r: type(r).__name__)
-def test_backward_leaves_module_buffers_as_the_forward_left_them(rule):
-    class Normed(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.norm = torch.nn.BatchNorm1d(3, dtype=F64)
-            self.lin = torch.nn.Linear(3, 3, dtype=F64)
+class _Normed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(3, dtype=F64)
+        self.lin = torch.nn.Linear(3, 3, dtype=F64)
 
-        def forward(self, t, y):
-            return self.lin(self.norm(y)) - y
+    def forward(self, t, y):
+        return self.lin(self.norm(y)) - y
 
-    field = Normed()
+
+@pytest.mark.parametrize("closure", [False, True], ids=["module", "closure over a module"])
+@pytest.mark.parametrize("rule", [op.Adjoint(), op.GQAdjoint(), op.ACA()], ids=lambda r: type(r).__name__)
+def test_backward_leaves_batchnorm_statistics_as_the_forward_left_them(rule, closure):
+    net = _Normed()
+    field = (lambda t, y: net(t, y)) if closure else net
     sol = op.solve(op.ODEProblem(field, torch.randn(5, 3, dtype=F64), torch.tensor([0.0, 0.5], dtype=F64)),
                    op.Dopri5(rtol=1e-3, atol=1e-3), rule)
-    after_forward = field.norm.running_mean.clone(), int(field.norm.num_batches_tracked)
+    after_forward = net.norm.running_mean.clone(), int(net.norm.num_batches_tracked)
     sol.ys.pow(2).sum().backward()
-    assert torch.equal(field.norm.running_mean, after_forward[0])
-    assert int(field.norm.num_batches_tracked) == after_forward[1] == sol.stats["nfe"]
-    assert field.lin.weight.grad is not None
+    assert torch.equal(net.norm.running_mean, after_forward[0])
+    assert int(net.norm.num_batches_tracked) == after_forward[1] == sol.stats["nfe"]
+    assert net.lin.weight.grad is not None
 
 
 def test_backsolve_resets_z_at_output_times():

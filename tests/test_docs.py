@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import odeplug as op
-from odeplug import _dispatch
+from odeplug import _dispatch, _plugins
 from odeplug.testing import check_gradient_case, gradient_cases
 
 DOCS = pathlib.Path(__file__).parent.parent / "docs"
@@ -27,6 +27,7 @@ def checkpointed_adjoint():
     rule = namespace["CheckpointedAdjoint"]
     yield rule
     _dispatch.unregister_for_tests("solve", (op.ODEProblem, op.Solver, rule))
+    _plugins.unexport_for_tests("CheckpointedAdjoint")
 
 
 CASES = {c.name: c for c in gradient_cases()}
