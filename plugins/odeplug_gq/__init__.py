@@ -3,12 +3,16 @@ per-step :class:`GaussAdjoint`. See ``_rules`` for the method and docs/methods/g
 
 from __future__ import annotations
 
+import torch
+
 import odeplug
 from odeplug import ODEProblem, Solver
 
-from ._rules import GaussAdjoint, GQAdjoint, IntervalNodes, QuadratureSum, StepNodes, node_count, solve_quadrature
+from ._adaptive import AdaptiveNodes, NodePolicy, PaperNodes, adaptive_count, paper_count
+from ._rules import GaussAdjoint, GQAdjoint, QuadratureSum, StepNodes, gq_placement, solve_quadrature
 
-__all__ = ["GQAdjoint", "GaussAdjoint", "QuadratureSum", "register"]
+__all__ = ["GQAdjoint", "GaussAdjoint", "NodePolicy", "AdaptiveNodes", "PaperNodes", "QuadratureSum",
+           "register"]
 
 
 def register() -> None:
@@ -16,15 +20,19 @@ def register() -> None:
 
     @odeplug.register
     def solve(problem: ODEProblem, solver: Solver, rule: GQAdjoint, **options):
-        return solve_quadrature(problem, solver, rule, IntervalNodes, **options)
+        return solve_quadrature(problem, solver, rule, gq_placement, **options)
 
     @odeplug.register
     def solve(problem: ODEProblem, solver: Solver, rule: GaussAdjoint, **options):  # noqa: F811
         return solve_quadrature(problem, solver, rule, StepNodes, **options)
 
     @odeplug.register
-    def terms(policy: GQAdjoint, nfe: int, interval: float, span: float):
-        return node_count(policy, nfe, interval, span)
+    def terms(policy: PaperNodes, nfe: int, interval: float, span: float):  # noqa: F811
+        return paper_count(policy, nfe, interval, span)
 
-    odeplug.export(GQAdjoint, GaussAdjoint)
+    @odeplug.register
+    def terms(policy: AdaptiveNodes, errors: torch.Tensor):  # noqa: F811
+        return adaptive_count(policy, errors)
+
+    odeplug.export(GQAdjoint, GaussAdjoint, NodePolicy, AdaptiveNodes, PaperNodes)
     from . import _bench  # noqa: F401  (registers the `gq` and `spheres` bench tasks)

@@ -1,8 +1,16 @@
 """Bench tasks of the quadrature adjoints (issue 4), measured side by side in one process.
 
-``gq``: one backward pass on the sines task per rule (GQAdjoint, GaussAdjoint, Adjoint,
-Adjoint(Seminorm), Direct) and ``torchdiffeq.odeint_adjoint``, with the time ratios the issue
-targets (GQ / torchdiffeq, GQ / Adjoint).
+``gq``: one backward pass on the sines task per rule (GQAdjoint with its error-controlled
+default and with the paper's C = 0.1, GaussAdjoint, Adjoint, Adjoint(Seminorm), Direct) and
+``torchdiffeq.odeint_adjoint``, with the time ratios the issues target (GQ / torchdiffeq,
+GQ / Adjoint). Our rules run in rounds, each once per round after its own warm-up, so that a
+change in the machine's speed hits all of them alike; ratios to Adjoint are medians of
+same-round ratios. Every row states torch's thread count.
+
+``gq-accuracy``: the gradient error of GQAdjoint (error-controlled, and with the paper's
+C = 0.1), GaussAdjoint and Adjoint, same tolerances, on torchdiffeq's demo problem dy/dt = y³A
+(examples/ode_demo.py; against Direct at tolerance 1e-12, float64) with 2 and 26 output times,
+and on dz/dt = Az with a full 2×2 A over [0, 60] (closed-form gradients).
 
 ``spheres``: training-step time and final loss on nested spheres (Norcliffe & Deisenroth, sec.
 5.2): 2-D points, class 0 inside r < 0.4, class 1 in 0.7 < r < 0.9; an augmented neural ODE
@@ -30,6 +38,7 @@ def _rules_for(options: BenchOptions) -> dict[str, Any]:
         return gradient_rules(options.rules)
     return {
         "GQAdjoint": odeplug.GQAdjoint(),
+        "GQAdjoint(C=0.1)": odeplug.GQAdjoint(C=0.1),
         "GaussAdjoint": odeplug.GaussAdjoint(),
         "Adjoint": odeplug.Adjoint(),
         "Adjoint(Seminorm)": odeplug.Adjoint(norm=odeplug.Seminorm()),
@@ -43,23 +52,116 @@ def gq_bench(options: BenchOptions) -> list[dict[str, Any]]:
     tol = options.tol or 1e-3
     repeats = options.repeats or 1
     rules = _rules_for(options)
+    threads = torch.get_num_threads()
+    reference_name = "torchdiffeq odeint_adjoint"
     rows = []
-    with progress(total=len(widths) * (len(rules) + 1), enabled=options.progress, desc="gq") as bar:
+    with progress(total=len(widths) * (len(rules) * repeats + 1), enabled=options.progress, desc="gq") as bar:
         for width in widths:
             reference = sines_backward("torchdiffeq", width, 50, tol, options.seed, repeats, options.device)
             bar.update(1)
+            times: dict[str, list[float]] = {name: [] for name in rules}
+            last: dict[str, dict[str, Any]] = {}
+            for _ in range(repeats):
+                for name, rule in rules.items():
+                    last[name] = sines_backward(rule, width, 50, tol, options.seed, 1, options.device)
+                    times[name].append(last[name]["backward_s"])
+                    bar.update(1)
+            adjoint = times.get("Adjoint")
+            for name in [*rules, reference_name]:
+                r = reference if name == reference_name else last[name]
+                own = [reference["backward_s"]] if name == reference_name else times[name]
+                rows.append({
+                    "rule": name, "width": width, "threads": threads, "nfe_fwd": r["nfe_forward"],
+                    "nfe_bwd": r["nfe_backward"], "bwd_s": statistics.median(own),
+                    "vs_torchdiffeq": statistics.median(own) / reference["backward_s"],
+                    "vs_Adjoint": None if adjoint is None or name == reference_name else
+                    statistics.median(a / b for a, b in zip(own, adjoint)),
+                })
+    return rows
+
+
+class CubicDemo(torch.nn.Module):
+    """torchdiffeq's examples/ode_demo.py: dy/dt = y³A, y0 = [[2, 0]], t ∈ [0, 25]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.A = torch.nn.Parameter(torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (y**3) @ self.A
+
+
+def _demo(rule: Any, outputs: int, tol: float) -> tuple[list[torch.Tensor], dict]:
+    """dL/dA and dL/dy0 for L = Σ_k w_k |y(t_k)|² (w from 1 to 2), outputs uniform on [0, 25]."""
+    field = CubicDemo()
+    y0 = torch.tensor([[2.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    ts = torch.linspace(0.0, 25.0, outputs, dtype=torch.float64)
+    sol = odeplug.solve(odeplug.ODEProblem(field, y0, ts), odeplug.Dopri5(rtol=tol, atol=tol), rule)
+    loss = (torch.linspace(1, 2, outputs, dtype=torch.float64).view(-1, 1, 1) * sol.ys).pow(2).sum()
+    g_y0, g_A = torch.autograd.grad(loss, [y0, field.A])
+    return [g_A, g_y0], sol.stats
+
+
+def _linear_matrix(rule: Any, tol: float,
+                   T: float = 60.0) -> tuple[list[torch.Tensor], list[torch.Tensor], dict]:
+    """dz/dt = Az, A = [[−0.01, −2], [2, −0.01]] (a full 2×2 parameter), z0 = (1, 0), L = z_1(T)²:
+    (dL/dA, dL/dz0, dL/dT) and their closed forms (dL/dA from the block matrix exponential)."""
+    A = torch.nn.Parameter(torch.tensor([[-0.01, -2.0], [2.0, -0.01]], dtype=torch.float64))
+    z0 = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    ts = torch.tensor([0.0, T], dtype=torch.float64, requires_grad=True)
+    problem = odeplug.ODEProblem(lambda t, z: A @ z, z0, ts, params=[A])
+    sol = odeplug.solve(problem, odeplug.Dopri5(rtol=tol, atol=tol), rule)
+    g_A, g_z0, g_ts = torch.autograd.grad(sol.ys[-1, 0] ** 2, [A, z0, ts])
+    a, x0 = A.detach(), z0.detach()
+    zT = torch.linalg.matrix_exp(a * T) @ x0
+    g = torch.stack([2 * zT[0], torch.zeros((), dtype=torch.float64)])
+    block = torch.zeros(4, 4, dtype=torch.float64)
+    block[:2, :2] = block[2:, 2:] = a.T
+    block[:2, 2:] = torch.outer(g, x0)
+    exact = [torch.linalg.matrix_exp(block * T)[:2, 2:], torch.linalg.matrix_exp(a.T * T) @ g, g @ a @ zT]
+    return [g_A, g_z0, g_ts[1]], exact, sol.stats
+
+
+def _relative(got: list[torch.Tensor], exact: list[torch.Tensor]) -> list[float]:
+    return [float((g - e).norm() / e.norm()) for g, e in zip(got, exact)]
+
+
+@task("gq-accuracy",
+      "gradient error of GQAdjoint (adaptive, C=0.1), GaussAdjoint, Adjoint: demo y³A, dz/dt=Az")
+def gq_accuracy(options: BenchOptions) -> list[dict[str, Any]]:
+    tols = (options.tol,) if options.tol else (1e-6, 1e-8)
+    rules = gradient_rules(options.rules) if options.rules else {
+        "GQAdjoint": odeplug.GQAdjoint(), "GQAdjoint(C=0.1)": odeplug.GQAdjoint(C=0.1),
+        "GaussAdjoint": odeplug.GaussAdjoint(), "Adjoint": odeplug.Adjoint(),
+    }
+    rows = []
+
+    def row(problem: str, outputs: int, tol: float, name: str, errors: list[float], stats: dict,
+            adjoint: list[float] | None) -> dict[str, Any]:
+        return {"problem": problem, "outputs": outputs, "tol": tol, "rule": name, "err_dL/dθ": errors[0],
+                "err_dL/dy0": errors[1], "vs_Adjoint": None if adjoint is None else errors[0] / adjoint[0],
+                "vjp": stats.get("vjp_backward"), "nfe_bwd": stats.get("nfe_backward")}
+
+    total = 2 * len(tols) * len(rules) + len(tols) * len(rules)
+    with progress(total=total, enabled=options.progress, desc="gq-accuracy") as bar:
+        for outputs in (2, 26):
+            reference, _ = _demo(odeplug.Direct(), outputs, 1e-12)
+            for tol in tols:
+                results = {}
+                for name, rule in rules.items():
+                    got, stats = _demo(rule, outputs, tol)
+                    results[name] = (_relative(got, reference), stats)
+                    bar.update(1)
+                adjoint = results.get("Adjoint", (None,))[0]
+                rows += [row("y'=y³A", outputs, tol, n, e, s, adjoint) for n, (e, s) in results.items()]
+        for tol in tols:
             results = {}
             for name, rule in rules.items():
-                results[name] = sines_backward(rule, width, 50, tol, options.seed, repeats, options.device)
+                got, exact, stats = _linear_matrix(rule, tol)
+                results[name] = (_relative(got, exact), stats)
                 bar.update(1)
-            results["torchdiffeq odeint_adjoint"] = reference
-            adjoint = results.get("Adjoint")
-            for name, r in results.items():
-                rows.append({
-                    "rule": name, "width": width, "nfe_fwd": r["nfe_forward"], "nfe_bwd": r["nfe_backward"],
-                    "bwd_s": r["backward_s"], "vs_torchdiffeq": r["backward_s"] / reference["backward_s"],
-                    "vs_Adjoint": None if adjoint is None else r["backward_s"] / adjoint["backward_s"],
-                })
+            adjoint = results.get("Adjoint", (None,))[0]
+            rows += [row("z'=Az", 2, tol, n, e, s, adjoint) for n, (e, s) in results.items()]
     return rows
 
 
