@@ -34,8 +34,11 @@ def quadrature(rule, n):
 
 
 @generic
-def terms(policy, nfe, interval, span):
-    """How many quadrature nodes to use on an output interval (quadrature adjoints)."""
+def terms(policy, *args):
+    """How many quadrature nodes a node policy of a quadrature adjoint uses. Methods take what
+    their policy needs: the paper's (Norcliffe & Deisenroth) ``terms(policy, nfe, interval,
+    span)`` per output interval; an error-controlled one ``terms(policy, errors)``, the
+    estimated error of each candidate rule on a segment."""
 
 
 @generic
