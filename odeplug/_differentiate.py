@@ -152,7 +152,7 @@ class _Shell(torch.autograd.Function):
                 "again after the change."
             ) from exc
         k = len(tape.inputs)
-        tape.y0, ts = saved[0], saved[1]
+        tape.y0 = saved[0]  # saved[1], ts, is saved so that an in-place change of it raises
         tape.inputs = tuple(saved[2 : 2 + k])
         tape.saved = tuple(saved[2 + k :])
         need = ctx.needs_input_grad
