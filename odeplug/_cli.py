@@ -71,7 +71,8 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def print_table(rows: list[dict[str, Any]], out: Any = sys.stdout) -> None:
+def print_table(rows: list[dict[str, Any]], out: Any = None) -> None:
+    out = sys.stdout if out is None else out  # the stream now, not the one at import time
     if not rows:
         print("(no rows)", file=out)
         return
@@ -104,6 +105,11 @@ def _plugins(args: argparse.Namespace) -> int:
              "plugin": r.plugin or "user", "implementation": r.implementation}
             for r in sorted(methods(), key=lambda r: (r.verb, r.plugin or ""))
         ])
+    failed = [p.name for p in infos if p.status != "loaded"]
+    if failed:
+        print(f"\n{len(failed)} plugin(s) failed to load: {', '.join(failed)} (see status above).",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -53,19 +53,31 @@ def generic(stub: Callable[..., Any]) -> plum.Function:
 
     # No annotations: plum would check a return type on every call.
     def not_found(*args, **kwargs):  # noqa: ANN002, ANN003
+        from ._plugins import ensure_loaded, loaded
+
+        # A verb called before anything loaded the plugins (op.norm(...) first thing): load
+        # them and dispatch again, once, instead of reporting that no method exists.
+        if not loaded():
+            ensure_loaded()
+            if loaded():
+                return function(*args, **kwargs)
         raise UnsupportedCombinationError(_no_method_message(name, args))
 
     function = dispatch.abstract(stub)
     function.__doc__ = stub.__doc__
     _VERBS[name] = function
     # A catch-all at lowest precedence turns plum's lookup error into our explanation.
-    function.register(not_found, plum.Signature(*([object] * _arity(stub))), precedence=-1)
+    arity, variadic = _arity(stub)
+    catch_all = plum.Signature(*([object] * arity), varargs=object if variadic else plum.Missing)
+    function.register(not_found, catch_all, precedence=-1)
     return function
 
 
-def _arity(stub: Callable[..., Any]) -> int:
+def _arity(stub: Callable[..., Any]) -> tuple[int, bool]:
+    """The stub's required positional arguments, and whether it takes ``*args``."""
     params = inspect.signature(stub).parameters.values()
-    return sum(1 for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty)
+    required = sum(1 for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty)
+    return required, any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
 def _no_method_message(name: str, args: tuple[Any, ...]) -> str:

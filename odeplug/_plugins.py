@@ -49,7 +49,13 @@ _exports: dict[str, Any] = {}
 _export_owner: dict[str, str] = {}
 _current: list[str] = []
 _done: dict[tuple[str, str], PluginInfo] = {}  # hooks run once per process, even across reloads
-_loading = False  # a plugin's import may look names up on odeplug while loading runs
+# The thread loading plugins may look names up on odeplug from a plugin's import (re-entry); it
+# alone answers from what is loaded so far. Other threads wait on the lock for the whole set.
+_this_thread = threading.local()
+
+
+def _loading() -> bool:
+    return getattr(_this_thread, "loading", False)
 
 
 def export(*objects: Any) -> None:
@@ -67,7 +73,7 @@ def export(*objects: Any) -> None:
 
 
 def exported() -> dict[str, Any]:
-    if not _loading:
+    if not _loading():
         ensure_loaded()
     return dict(_exports)
 
@@ -81,19 +87,18 @@ def _distribution(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
 
 def ensure_loaded() -> list[PluginInfo]:
     """Load every plugin once (thread-safe); return what happened to each."""
-    global _loading
     if _loaded is not None:
         return _loaded
     with _lock:
         if _loaded is not None:
             return _loaded
-        if _loading:  # re-entered from a plugin being loaded: answer with what is loaded so far
+        if _loading():  # re-entered from a plugin being loaded: answer with what is loaded so far
             return list(_done.values())
-        _loading = True
+        _this_thread.loading = True
         try:
             return _load_all()
         finally:
-            _loading = False
+            _this_thread.loading = False
 
 
 def _load_all() -> list[PluginInfo]:
@@ -159,6 +164,11 @@ def _load_one(ep: importlib.metadata.EntryPoint, strict: bool) -> PluginInfo:
 def plugins() -> list[PluginInfo]:
     """Every plugin found: entry point, distribution and version, status, methods and names."""
     return list(ensure_loaded())
+
+
+def loaded() -> bool:
+    """Whether every plugin has been loaded (or tried)."""
+    return _loaded is not None
 
 
 def reset_for_tests() -> None:

@@ -238,3 +238,52 @@ def test_the_readme_examples_run():
     sol = op.solve(problem, op.Dopri5(norm=weighted()), op.Adjoint(norm=weighted(weight=4.0)))
     sol.ys.sum().backward()
     assert sol.stats["nfe_backward"] > 0 and y0.grad is not None
+
+
+def test_odeplug_plugins_exits_non_zero_when_a_plugin_failed(broken_distribution, monkeypatch, capsys):
+    from odeplug._cli import main
+
+    monkeypatch.delenv("ODEPLUG_STRICT_PLUGINS", raising=False)
+    with pytest.warns(op.PluginLoadWarning):
+        assert main(["plugins"]) == 1
+    assert "failed to load: broken" in capsys.readouterr().err
+
+
+def _fresh_process(code: str) -> str:
+    """Run ``code`` in a new interpreter on the tree under test (not an installed copy)."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = {"PYTHONPATH": f"{root}{':'}{root / 'plugins'}", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, env=env, check=True, cwd=root)
+    return out.stdout.strip()
+
+
+def test_first_lookups_from_many_threads_wait_for_the_plugins():
+    code = """
+        import threading, odeplug, odeplug._plugins as plugins
+        assert plugins.__file__.startswith(%r)
+        start, errors = threading.Barrier(8), []
+        def look():
+            start.wait()
+            try:
+                odeplug.Dopri5, odeplug.GQAdjoint, odeplug.KarhunenLoeve
+            except AttributeError as exc:
+                errors.append(exc)
+        threads = [threading.Thread(target=look) for _ in range(8)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print(len(errors))
+    """ % str(__import__("pathlib").Path(__file__).resolve().parent.parent)
+    assert [_fresh_process(code) for _ in range(2)] == ["0", "0"]
+
+
+def test_a_verb_called_first_loads_the_plugins():
+    code = """
+        import odeplug
+        from odeplug_quadrature import GaussLegendre
+        nodes, weights = odeplug.quadrature(GaussLegendre(), 3)
+        print(len(nodes), round(float(weights.sum()), 12))
+    """
+    assert _fresh_process(code) == "3 2.0"
