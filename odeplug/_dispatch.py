@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import plum
 
-from ._errors import PluginError, UnsupportedCombinationError
+from ._errors import InvalidArgumentError, PluginError, UnsupportedCombinationError
 
 __all__ = ["dispatch", "register", "resolve", "generic", "verbs", "MethodRecord"]
 
@@ -51,6 +51,8 @@ def generic(stub: Callable[..., Any]) -> plum.Function:
     """Declare a verb. The stub's docstring documents it; its body is never called."""
     name = stub.__name__
 
+    dispatched = _dispatched_names(stub)
+
     # No annotations: plum would check a return type on every call.
     def not_found(*args, **kwargs):  # noqa: ANN002, ANN003
         from ._plugins import ensure_loaded, loaded
@@ -61,23 +63,29 @@ def generic(stub: Callable[..., Any]) -> plum.Function:
             ensure_loaded()
             if loaded():
                 return function(*args, **kwargs)
+        # Dispatch reads positional arguments only: a dispatched one given by keyword is unseen.
+        by_keyword = [k for k in kwargs if k in dispatched]
+        if by_keyword:
+            raise InvalidArgumentError(
+                f"{name}: pass {', '.join(by_keyword)} positionally, not by keyword: methods are "
+                f"chosen from the types of the positional arguments, "
+                f"{name}({', '.join(dispatched)}, ...)."
+            )
         raise UnsupportedCombinationError(_no_method_message(name, args))
 
     function = dispatch.abstract(stub)
     function.__doc__ = stub.__doc__
     _VERBS[name] = function
-    # A catch-all at lowest precedence turns plum's lookup error into our explanation.
-    arity, variadic = _arity(stub)
-    catch_all = plum.Signature(*([object] * arity), varargs=object if variadic else plum.Missing)
-    function.register(not_found, catch_all, precedence=-1)
+    # A catch-all at lowest precedence, for any number of arguments, turns plum's lookup error
+    # into our explanation.
+    function.register(not_found, plum.Signature(varargs=object), precedence=-1)
     return function
 
 
-def _arity(stub: Callable[..., Any]) -> tuple[int, bool]:
-    """The stub's required positional arguments, and whether it takes ``*args``."""
+def _dispatched_names(stub: Callable[..., Any]) -> tuple[str, ...]:
+    """The stub's positional parameters: the ones methods dispatch on."""
     params = inspect.signature(stub).parameters.values()
-    required = sum(1 for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty)
-    return required, any(p.kind is p.VAR_POSITIONAL for p in params)
+    return tuple(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD)
 
 
 def _no_method_message(name: str, args: tuple[Any, ...]) -> str:

@@ -287,3 +287,11 @@ def test_a_verb_called_first_loads_the_plugins():
         print(len(nodes), round(float(weights.sum()), 12))
     """
     assert _fresh_process(code) == "3 2.0"
+
+
+def test_a_dispatched_argument_given_by_keyword_gets_a_clear_error():
+    like = torch.zeros(3)
+    with pytest.raises(op.InvalidArgumentError, match="pass like, t0, t1 positionally"):
+        op.sample(op.KarhunenLoeve(10), like=like, t0=0.0, t1=1.0)
+    with pytest.raises(op.UnsupportedCombinationError, match=r"no method norm\(object, int\)"):
+        op.norm(object(), 1)  # the wrong number of arguments is explained too
