@@ -132,7 +132,16 @@ def _signature_types(function: Callable[..., Any]) -> tuple[type, ...]:
         for p in inspect.signature(function).parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
-    return tuple(hints.get(p.name, object) for p in params)
+    types = tuple(hints.get(p.name, object) for p in params)
+    for p, t in zip(params, types):
+        if not isinstance(t, type):  # tuple[int, ...], Union[...], a string: not cacheable
+            raise PluginError(
+                f"{function.__qualname__}: the annotation of {p.name!r} is {t!r}, not a plain "
+                "class. Dispatched signatures use classes only (parametric and union types make "
+                "plum's resolver uncacheable, and every call slow): annotate with the class, "
+                f"e.g. {p.name}: {getattr(typing.get_origin(t), '__name__', 'object')}."
+            )
+    return types
 
 
 def _owns(module_root: str, cls: Any) -> bool:

@@ -295,3 +295,14 @@ def test_a_dispatched_argument_given_by_keyword_gets_a_clear_error():
         op.sample(op.KarhunenLoeve(10), like=like, t0=0.0, t1=1.0)
     with pytest.raises(op.UnsupportedCombinationError, match=r"no method norm\(object, int\)"):
         op.norm(object(), 1)  # the wrong number of arguments is explained too
+
+
+def test_a_parametric_annotation_is_refused_with_the_class_to_use():
+    class Mine(op.Quadrature):
+        pass
+
+    def quadrature(rule: Mine, n: tuple[int, ...]):
+        raise AssertionError("never called")
+
+    with pytest.raises(op.PluginError, match=r"annotation of 'n' is tuple\[int, \.\.\.\].*n: tuple"):
+        op.register(quadrature)
