@@ -43,6 +43,7 @@ from ._stepping import Counts, Step, Stepper, StepState, VectorField, advance
 from ._integrate import integrate, solve_forward, solver_times
 from ._verbs import make_stepper, norm, quadrature, sample, terms, wong_zakai
 from ._quadrature import scaled_quadrature
+from ._norm import resolve_norm
 
 __version__ = "0.1.0"
 
@@ -52,7 +53,7 @@ __all__ = [
     # abstract nouns
     "Noun", "Solver", "Norm", "GradientRule", "Quadrature", "WienerApproximation",
     # verbs and extension
-    "register", "resolve", "export", "plugins", "PluginInfo", "PluginLoadWarning",
+    "register", "resolve", "resolve_norm", "export", "plugins", "PluginInfo", "PluginLoadWarning",
     "make_stepper", "norm", "quadrature", "scaled_quadrature", "terms", "sample", "wong_zakai",
     "configuration", "final", "reject_options",
     # the stepping contract

@@ -284,8 +284,9 @@ def test_user_norm_is_used_by_solve(scaled_rms):
     CALLS["count"] = 0
     custom = op.solve(problem, op.Dopri5(rtol=1e-4, atol=1e-6, norm=scaled_rms(factor=100.0)))
     stats = custom.stats
-    # Hairer's initial step takes three norms; then one per attempted step
-    assert CALLS["count"] == 3 + stats.steps_accepted + stats.steps_rejected
+    # one when the norm is resolved (its result is checked to be a 0-d tensor), three in
+    # Hairer's initial step, then one per attempted step
+    assert CALLS["count"] == 1 + 3 + stats.steps_accepted + stats.steps_rejected
     default = op.solve(problem, op.Dopri5(rtol=1e-4, atol=1e-6))
     assert stats.steps_accepted > default.stats.steps_accepted
     # factor·RMS is RMS with tolerances divided by factor: the same steps, the same values
@@ -315,3 +316,28 @@ def test_user_norm_registration_is_undone():
         unregister_for_tests("norm", (ThrowAwayNorm, torch.Tensor, op.Layout))
     with pytest.raises(op.UnsupportedCombinationError, match="norm"):
         op.norm(ThrowAwayNorm(), x, layout)
+
+
+@op.configuration
+class Sloppy(op.Norm):
+    """Returns a float or a per-element vector, as its ``result`` says."""
+
+    result: str = "float"
+
+
+def _sloppy_norm(n: Sloppy, x: torch.Tensor, layout: op.Layout):
+    return float(x.abs().max()) if n.result == "float" else x.abs()
+
+
+@pytest.mark.parametrize("result", ["float", "vector"])
+def test_a_norm_that_does_not_return_a_scalar_tensor_is_named(result):
+    _sloppy_norm.__name__ = "norm"
+    op.register(_sloppy_norm)
+    try:
+        problem = op.ODEProblem(lambda t, y: -y, torch.ones(3, dtype=torch.float64),
+                                torch.tensor([0.0, 1.0], dtype=torch.float64))
+        with pytest.raises(op.InvalidOptionError,
+                           match=r"norm\(Sloppy, \.\.\.\) returned a (float|tensor of shape \(3,\)).*0-d tensor"):
+            op.solve(problem, op.Dopri5(norm=Sloppy(result=result)))
+    finally:
+        unregister_for_tests("norm", (Sloppy, torch.Tensor, op.Layout))

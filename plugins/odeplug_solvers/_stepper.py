@@ -69,7 +69,7 @@ class RungeKuttaStepper(Stepper):
         self._dtype = y0.dtype
         self._coef = self.tableau.tensors(y0.dtype, y0.device)
         if self.adaptive:
-            self._norm_fn = odeplug.resolve(odeplug.norm, self._norm, y0, self.layout)
+            self._norm_fn = odeplug.resolve_norm(self._norm, y0, self.layout)
 
     def _scaled_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self._norm_fn(self._norm, x, self.layout)
