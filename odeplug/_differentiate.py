@@ -33,7 +33,7 @@ from ._integrate import integrate, solver_times
 from ._nouns import GradientRule, Solver, final
 from ._problem import ODEProblem
 from ._solution import Solution, Stats
-from ._stepping import Counts, VectorField
+from ._stepping import Counts, Step, VectorField
 
 __all__ = ["Tape", "Gradients", "Needs", "differentiate", "forward_outputs"]
 
@@ -164,16 +164,18 @@ class _Shell(torch.autograd.Function):
         return (None, grads.y0 if needs.y0 else None, grads.ts if needs.ts else None, *inputs)
 
 
-def forward_outputs(tape: Tape) -> torch.Tensor:
-    """The plain forward of a backsolve rule: solve on ``tape.field`` and count into
-    ``tape.stats``; the flat outputs (K+1, n)."""
+def forward_outputs(tape: Tape, on_step: Callable[[Step], None] | None = None) -> torch.Tensor:
+    """The plain forward of a backsolve rule: solve on ``tape.field``, count into
+    ``tape.stats``, and keep the flat outputs (K+1, n) for the backward (``tape.saved``, where
+    a backsolve reads them to reset z). ``on_step`` sees every accepted step (to keep more)."""
     from ._verbs import make_stepper
 
     stepper = make_stepper(tape.solver, tape.field, tape.problem.layout)
     counts = Counts()
-    ys, _ = integrate(stepper, tape.y0, tape.s, counts)
+    ys, _ = integrate(stepper, tape.y0, tape.s, counts, on_step)
     tape.stats.update(nfe=tape.field.nfe, steps_accepted=counts.accepted,
                       steps_rejected=counts.rejected)
+    tape.saved = (ys,)
     return ys
 
 

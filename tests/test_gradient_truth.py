@@ -8,7 +8,7 @@ import torch
 import odeplug as op
 import odeplug_adjoint._adjoint as adjoint
 from odeplug import _dispatch
-from odeplug.backward import BacksolveRule, Gradients, differentiate
+from odeplug.backward import BacksolveRule, Gradients, differentiate, forward_outputs
 from odeplug.bench import gradient_rules
 from odeplug.testing import check_gradient_case, gradient_cases
 
@@ -43,7 +43,7 @@ def _forgetful_backward(tape, grad_ys, needs):
 
 
 def solve(problem: op.ODEProblem, solver: op.Solver, rule: ExplicitParamsOnly, **options):
-    return differentiate(problem, solver, rule, adjoint._forward, _forgetful_backward)
+    return differentiate(problem, solver, rule, forward_outputs, _forgetful_backward)
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ from odeplug import (
     configuration,
     final,
 )
-from odeplug.backward import Gradients, Needs, RNGState, Tape, differentiate
+from odeplug.backward import Gradients, Needs, RNGState, Tape, differentiate, forward_outputs
 
 __all__ = ["ACA", "solve_aca"]
 
@@ -233,14 +233,13 @@ class _Recording:
 
 
 def _forward(tape: Tape) -> torch.Tensor:
+    if not tape.differentiated:
+        ys = forward_outputs(tape)
+        tape.stats.update(checkpoints=0, checkpoint_bytes_peak=0)
+        return ys
     stepper = odeplug.make_stepper(tape.solver, tape.field, tape.problem.layout)
     tape.memo["stepper"] = stepper
     counts = Counts()
-    if not tape.differentiated:
-        ys, _ = odeplug.integrate(stepper, tape.y0, tape.s, counts)
-        tape.stats.update(nfe=tape.field.nfe, steps_accepted=counts.accepted,
-                          steps_rejected=counts.rejected, checkpoints=0, checkpoint_bytes_peak=0)
-        return ys
     attempts = _AttemptStates(stepper) if tape.uses_rng else None
     recording = _Recording(tape.rule.max_checkpoints, attempts, tape.solver)
     loop = stepper if attempts is None else attempts

@@ -66,12 +66,6 @@ def _backward(tape: Tape, grad_ys: torch.Tensor, needs: Needs) -> Gradients:
     return Gradients(result.y[n : 2 * n] + grad_ys[0], grad_ts, tuple(system.input_gradients(result.y)))
 
 
-def _forward(tape: Tape) -> torch.Tensor:
-    ys = forward_outputs(tape)
-    tape.saved = (ys,)
-    return ys
-
-
 def solve_adjoint(problem: ODEProblem, solver: Solver, rule: Adjoint, **options) -> Solution:
     odeplug.reject_options("solve(ODEProblem, Solver, Adjoint)", options)
-    return differentiate(problem, solver, rule, _forward, _backward)
+    return differentiate(problem, solver, rule, forward_outputs, _backward)

@@ -14,6 +14,7 @@ dL/dt_0 = −Σ_{k≥1} dL/dy_kᵀ f(t_k, y_k) + ∫ a_zᵀ ∂f/∂t dt.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -246,8 +247,8 @@ class QuadratureSum:
             self.t_sum = t_grad if self.t_sum is None else self.t_sum + t_grad
 
 
-def _backward(tape: Tape, grad_ys: torch.Tensor, needs: Needs) -> Gradients:
-    """Shared backward of both quadrature rules; ``tape.memo["placement"]`` chooses where nodes go."""
+def _backward(tape: Tape, grad_ys: torch.Tensor, needs: Needs, make_placement: Any) -> Gradients:
+    """Shared backward of both quadrature rules; ``make_placement`` chooses where nodes go."""
     problem, rule, stats = tape.problem, tape.rule, tape.stats
     (ys,) = tape.saved
     ts = problem.ts
@@ -256,7 +257,7 @@ def _backward(tape: Tape, grad_ys: torch.Tensor, needs: Needs) -> Gradients:
     total.limit_batch(ys[0].numel() * ys.element_size())
     direction = tape.direction
     solver = backward_solver(tape.solver, rule)
-    placement = tape.memo["placement"](rule, stats, ts, total, direction, solver)
+    placement = make_placement(rule, stats, ts, total, direction, solver)
     result = backsolve(
         system, solver, ys, grad_ys, ts, direction,
         time_gradients=needs.ts, on_step=placement.on_step, on_interval=placement.on_interval,
@@ -388,10 +389,5 @@ def solve_quadrature(problem: ODEProblem, solver: Solver, rule: GradientRule, pl
                      **options: Any) -> odeplug.Solution:
     odeplug.reject_options(f"solve(ODEProblem, Solver, {type(rule).__name__})", options)
 
-    def forward(tape: Tape) -> torch.Tensor:
-        ys = forward_outputs(tape)
-        tape.saved = (ys,)
-        tape.memo["placement"] = placement
-        return ys
-
-    return differentiate(problem, solver, rule, forward, _backward)
+    backward = functools.partial(_backward, make_placement=placement)
+    return differentiate(problem, solver, rule, forward_outputs, backward)
