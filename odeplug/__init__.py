@@ -41,7 +41,7 @@ from ._solution import Solution, Stats
 from ._solve import reject_options, solve
 from ._stepping import Counts, Step, Stepper, StepState, VectorField, advance
 from ._integrate import integrate, solve_forward, solver_times
-from ._verbs import make_stepper, norm, quadrature, sample, terms, wong_zakai
+from ._verbs import exact_degree, make_stepper, norm, order, quadrature, sample, terms, wong_zakai
 from ._quadrature import scaled_quadrature
 from ._norm import resolve_norm
 
@@ -55,6 +55,7 @@ __all__ = [
     # verbs and extension
     "register", "resolve", "resolve_norm", "export", "plugins", "PluginInfo", "PluginLoadWarning",
     "make_stepper", "norm", "quadrature", "scaled_quadrature", "terms", "sample", "wong_zakai",
+    "order", "exact_degree",
     "configuration", "final", "reject_options",
     # the stepping contract
     "Layout", "Block", "VectorField", "Stepper", "StepState", "Step", "Counts", "advance",

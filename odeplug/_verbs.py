@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from ._dispatch import generic
 
-__all__ = ["solve", "make_stepper", "norm", "quadrature", "terms", "sample", "wong_zakai"]
+__all__ = [
+    "solve", "make_stepper", "norm", "quadrature", "terms", "sample", "wong_zakai", "order",
+    "exact_degree",
+]
 
 
 @generic
@@ -49,3 +52,17 @@ def sample(approximation, like, t0, t1):
 @generic
 def wong_zakai(problem, approximation):
     """The ODE whose solution converges to the Stratonovich SDE ``problem`` (Wong–Zakai)."""
+
+
+@generic
+def order(solver):
+    """The order p the solver declares: its global error on a smooth problem is O(hᵖ) as the
+    step h → 0 (OrdinaryDiffEq.jl's ``alg_order``). :func:`odeplug.testing.check_solver`
+    measures it; a solver without a method of ``order`` cannot be checked for convergence."""
+
+
+@generic
+def exact_degree(rule, n):
+    """The highest degree d such that the n-point :class:`Quadrature` ``rule`` integrates every
+    polynomial of degree ≤ d exactly on [-1, 1] (2n − 1 for Gauss–Legendre).
+    :func:`odeplug.testing.check_quadrature` checks it is exact to that degree and not one more."""
