@@ -10,7 +10,7 @@ plugin-provided names (``Dopri5``, ``RMSNorm``, ``Direct``, …) are looked up l
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._dispatch import register, resolve
 from ._errors import (
@@ -44,6 +44,23 @@ from ._integrate import integrate, solve_forward, solver_times
 from ._verbs import exact_degree, make_stepper, norm, order, quadrature, sample, terms, wong_zakai
 from ._quadrature import scaled_quadrature
 from ._norm import resolve_norm
+
+if TYPE_CHECKING:
+    # What the built-in plugins export, for IDEs and type checkers only: at run time these names
+    # are found lazily through the plugins (the core never imports a plugin). A test keeps this
+    # list equal to what the built-in plugins export.
+    from odeplug_aca import ACA
+    from odeplug_adjoint import Adjoint
+    from odeplug_direct import Direct
+    from odeplug_gq import AdaptiveNodes, GaussAdjoint, GQAdjoint, NodePolicy, PaperNodes
+    from odeplug_norms import MaxNorm, MixedNorm, RMSNorm, Seminorm
+    from odeplug_quadrature import GaussLegendre
+    from odeplug_sde import KarhunenLoeve, KarhunenLoevePath, SDEProblem, SDESolver, WienerPath
+    from odeplug_solvers import (
+        RK4, AdaptiveRungeKutta, Bosh3, Dopri5, Euler, FixedStepRungeKutta, Midpoint, RungeKutta,
+        Tsit5,
+    )
+    from odeplug_torchdiffeq import TorchDiffEq
 
 __version__ = "0.1.0"
 
