@@ -19,6 +19,7 @@ from ._errors import (
     NonFiniteStateError,
     OdeplugError,
     PluginError,
+    PluginNameNotLoadedError,
     SolveError,
     StepBudgetExhaustedError,
     StepSizeUnderflowError,
@@ -79,8 +80,8 @@ __all__ = [
     "integrate", "solve_forward", "solver_times",
     # errors
     "OdeplugError", "InvalidArgumentError", "InvalidOptionError", "UnsupportedCombinationError",
-    "PluginError", "SolveError", "NonFiniteStateError", "StepSizeUnderflowError",
-    "StepBudgetExhaustedError",
+    "PluginError", "PluginNameNotLoadedError", "SolveError", "NonFiniteStateError",
+    "StepSizeUnderflowError", "StepBudgetExhaustedError",
 ]
 
 
@@ -89,15 +90,9 @@ def __getattr__(name: str) -> Any:
     # plugin cannot break the import.
     if name.startswith("__"):
         raise AttributeError(name)
-    from ._plugins import exported
+    from ._plugins import lookup
 
-    names = exported()
-    if name in names:
-        return names[name]
-    raise AttributeError(
-        f"module 'odeplug' has no attribute {name!r}. Names from plugins: "
-        f"{', '.join(sorted(names)) or '(none loaded)'}; see `odeplug plugins`."
-    )
+    return lookup(name)
 
 
 def __dir__() -> list[str]:

@@ -43,3 +43,8 @@ class StepSizeUnderflowError(SolveError):
 
 class StepBudgetExhaustedError(SolveError):
     """``max_steps`` steps were attempted before the solve reached its end time."""
+
+
+class PluginNameNotLoadedError(PluginError, AttributeError):
+    """A plugin being loaded looked up a name on ``odeplug`` that no plugin loaded so far exports
+    (it must declare the plugin providing it in its hook's ``requires``)."""

@@ -7,7 +7,11 @@ meaning of a method in one place and makes dispatch on a type unambiguous: a met
 
 Configuration nouns are frozen, keyword-only attrs classes holding Python scalars, declared with
 :func:`configuration`, which also turns an unknown keyword into an error that lists the valid
-options and suggests the nearest one.
+options and suggests the nearest one. A noun class that forgot it (``class MyNorm(Norm): pass``)
+is caught when it is given options (``MyNorm(scale=2)``), with an error saying which decorator to
+use. Nothing stricter is checked when a class is instantiated or a method is registered for it:
+an abstract family with no abstract method (``BacksolveRule``) is indistinguishable there from a
+concrete class without a decorator, and stateless nouns without one are instantiated as they are.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ _T = TypeVar("_T", bound=type)
 
 
 class Noun(abc.ABC):
-    """Root of odeplug's abstract types; enforces that a final class is never subclassed."""
+    """Root of odeplug's abstract types; enforces that a final class is never subclassed, and
+    that options go to a :func:`configuration` class."""
 
     __slots__ = ()
 
@@ -50,6 +55,33 @@ class Noun(abc.ABC):
                     f"{_abstract_parent(base).__qualname__} instead, and register methods for "
                     "your new class."
                 )
+
+    # Reached only by classes that define no __init__ of their own: the usual one is a noun
+    # declared without @configuration, whose options object.__init__ would refuse with a bare
+    # "takes no arguments". A class mixed in after Noun still gets its arguments.
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        cls = type(self)
+        if (args or kwargs) and super(Noun, cls).__init__ is object.__init__:
+            raise InvalidOptionError(_no_options_message(cls, args, kwargs))
+        super().__init__(*args, **kwargs)
+
+
+def _no_options_message(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    given = ", ".join([*map(repr, args), *(f"{k}=..." for k in kwargs)])
+    if cls.__dict__.get("_odeplug_final", False):
+        fix = (
+            "it is @odeplug.final with no __init__, so it takes no options. Declare them as "
+            "annotated fields and decorate it with @odeplug.configuration instead"
+        )
+    else:
+        fix = (
+            "it is not a configuration class. Decorate it with @odeplug.configuration, which "
+            "turns annotated fields (e.g. `scale: float = 1.0`) into keyword options, or give "
+            "it an __init__ and decorate it with @odeplug.final. Either makes it final: every "
+            "odeplug noun is abstract (subclassed, never instantiated) or final (instantiated, "
+            "never subclassed), so that a method registered for it always means the same thing"
+        )
+    return f"{cls.__qualname__}({given}): {fix}."
 
 
 def _abstract_parent(cls: type) -> type:
