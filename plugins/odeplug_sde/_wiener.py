@@ -118,13 +118,13 @@ class KarhunenLoevePath(WienerPath):
         """B_m(t) = √(2|c|) Σ ξ_i sin((i−½)π(t−t0)/c) / ((i−½)π); shape ``(*t.shape, *shape)``."""
         phase = self._phase(t)
         out = torch.sin(phase).to(self.xi.dtype) @ self._value_coef
-        return out.reshape(*phase.shape[:-1], *self.shape)
+        return out.reshape((*phase.shape[:-1], *self.shape))
 
     def derivative(self, t: torch.Tensor) -> torch.Tensor:
         """dB_m/dt = (√(2|c|)/c) Σ ξ_i cos((i−½)π(t−t0)/c); shape ``(*t.shape, *shape)``."""
         phase = self._phase(t)
         out = torch.cos(phase).to(self.xi.dtype) @ self._derivative_coef
-        return out.reshape(*phase.shape[:-1], *self.shape)
+        return out.reshape((*phase.shape[:-1], *self.shape))
 
     def __repr__(self) -> str:
         return f"KarhunenLoevePath(terms={self.terms}, shape={self.shape}, t0={self.t0:g}, t1={self.t1:g})"
