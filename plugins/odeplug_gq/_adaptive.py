@@ -195,6 +195,14 @@ def error_table(rule: Quadrature, m: int, n_max: int) -> np.ndarray:
         nodes, weights = odeplug.quadrature(rule, n)
         theta = np.arccos(np.clip(nodes.numpy(), -1.0, 1.0))
         table[:, n - 1] = exact - (weights.numpy()[None, :] * np.cos(np.outer(j, theta))).sum(1)
+        # Every error estimate is relative to the constant term: a rule that misses constants
+        # would never meet a tolerance, and the planner would bisect without end.
+        if abs(table[0, n - 1]) > 1e-10:
+            raise odeplug.InvalidOptionError(
+                f"GQAdjoint: the {n}-point {type(rule).__name__} rule's weights sum to "
+                f"{2.0 - table[0, n - 1]:.12g}, not 2 (the length of [-1, 1]), so it cannot "
+                "integrate a constant; check the rule with odeplug.testing.check_quadrature."
+            )
     return table
 
 
@@ -235,6 +243,7 @@ class Plan:
 def plan_segments(
     sample: Any, a: torch.Tensor, b: torch.Tensor, blocks: int, *, rtol: float, atol: float,
     policy: AdaptiveNodes, count: Any, rule: Quadrature, max_depth: int = 30,
+    max_segments: int = 4096,
 ) -> Plan:
     """Split [a, b] (0-d time tensors, a < b) into segments with a node count each, so that on
     each segment the chosen rule integrates every block of the proxy within
@@ -243,7 +252,10 @@ def plan_segments(
 
     ``sample(s) -> (len(s), blocks·w)``: the proxy at increasing times ``s``, made of ``blocks``
     blocks of w components each. ``count``: the resolved ``terms(policy, errors)``. One device
-    synchronisation per tried degree (a few numbers), none per node.
+    synchronisation per tried degree (a few numbers), none per node. A segment still
+    unresolved at ``max_depth`` bisections is kept with ``max_terms`` nodes (a kink localised by
+    bisection); more than ``max_segments`` segments means the tolerance cannot be met anywhere,
+    and is an error rather than a hang.
     """
     plan = Plan()
     sizes = _sizes(policy.max_terms)
@@ -278,6 +290,15 @@ def plan_segments(
                     break
         if n > 0:
             plan.segments.append((lo, hi, n))
+        elif len(plan.segments) + len(pending) >= max_segments:
+            raise odeplug.SolveError(
+                f"GQAdjoint: the error-controlled node policy split one panel of the backward "
+                f"solve into {max_segments} segments and still could not meet rtol={rtol:g}, "
+                f"atol={atol:g} with at most {policy.max_terms} {type(rule).__name__} nodes per "
+                "segment: the rule's error does not fall as nodes are added (check it with "
+                "odeplug.testing.check_quadrature), or the tolerance is below what the dense "
+                "output resolves. Loosen rtol/atol, or count nodes with PaperNodes()."
+            )
         elif depth >= max_depth:
             plan.unresolved += 1
             plan.segments.append((lo, hi, policy.max_terms))
