@@ -1,12 +1,13 @@
-"""The ``odeplug`` command: ``odeplug plugins`` and ``odeplug bench``."""
+"""The ``odeplug`` command: ``odeplug plugins``, ``odeplug check`` and ``odeplug bench``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = ["main"]
@@ -17,6 +18,16 @@ def _csv_ints(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(",") if v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _rules(text: str) -> tuple[str, ...]:
@@ -42,6 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list plugins (entry point, distribution, status)")
     plugins.add_argument("--methods", action="store_true",
                          help="also list each generic function's methods and their plugin")
+
+    check = sub.add_parser(
+        "check", help="run odeplug.testing's checks on every noun of the named plugin(s)",
+        description="Run every check of odeplug.testing on every noun (solver, norm, quadrature, "
+                    "Wiener approximation, gradient rule) the named plugins provide; exit 1 if "
+                    "any property fails.")
+    check.add_argument("plugins", nargs="*", metavar="ENTRY_POINT_OR_MODULE",
+                       help="an entry point of odeplug.plugins (e.g. norms) or a module "
+                            "(e.g. odeplug_norms); default: every installed plugin")
+    check.add_argument("--max-examples", type=_positive_int, metavar="N",
+                       help="Hypothesis examples per property (default: each check's own bound)")
+    check.add_argument("--derandomize", action="store_true",
+                       help="draw the same examples on every run (for CI)")
 
     bench = sub.add_parser("bench", help="run a benchmark task (default: sines)")
     bench.add_argument("task", nargs="?", default="sines", help="task name (see --list)")
@@ -113,6 +137,120 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _check_profile(derandomize: bool) -> Iterator[None]:
+    """Hypothesis' default settings while the checks run: quiet (the table shows each
+    counterexample), one bug per property (a group of them would hide the counterexamples),
+    derandomised if asked; the caller's default is restored afterwards (tests call ``main``)."""
+    from hypothesis import Verbosity, settings
+
+    previous = settings.default
+    settings.register_profile("odeplug check: caller's", previous)
+    settings.register_profile("odeplug check", previous, verbosity=Verbosity.quiet,
+                              report_multiple_bugs=False, derandomize=derandomize)
+    settings.load_profile("odeplug check")
+    try:
+        yield
+    finally:
+        settings.load_profile("odeplug check: caller's")
+
+
+def _check(args: argparse.Namespace) -> int:
+    from odeplug.testing._registry import UnknownPluginError, plugin_names, plugin_nouns
+
+    names = args.plugins or plugin_names()
+    provided = {}
+    for name in names:  # every name is resolved before anything runs
+        try:
+            provided[name] = plugin_nouns(name)
+        except UnknownPluginError as exc:
+            print(f"odeplug check: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:  # noqa: BLE001 - a plugin that cannot load fails its row
+            provided[name] = exc
+    with _check_profile(args.derandomize):
+        settings = None  # each property's own bound
+        if args.max_examples is not None:
+            from hypothesis import settings as hypothesis_settings
+
+            from odeplug.testing._properties import check_settings
+
+            settings = hypothesis_settings(check_settings(), max_examples=args.max_examples)
+        rows, failures, unchecked = _check_rows(provided, settings)
+    print_table(rows)
+    for outcome in failures:
+        print(f"\nFAIL {outcome.subject}: {outcome.property}\n  {outcome.message}")
+    for line in unchecked:
+        print(f"\nnot checked: {line}")
+    checked = sum(row["result"] in ("pass", "FAIL") for row in rows)
+    print(f"\n{checked - len(failures)} of {checked} properties hold"
+          + (f"; {len(failures)} failed" if failures else "")
+          + (f"; {len(unchecked)} not checked" if unchecked else "") + ".")
+    return 1 if failures else 0
+
+
+def _check_rows(provided: dict[str, Any], settings: Any) -> tuple[list, list, list]:
+    """Run every property of every noun: the table's rows, the failed outcomes, and a line per
+    noun or property not checked, with the reason."""
+    import attrs
+
+    from odeplug.testing._properties import Outcome, run_properties
+    from odeplug.testing._registry import noun_label, properties_for, skipped_properties
+
+    rows: list[dict[str, Any]] = []
+    failures: list[Outcome] = []
+    unchecked: list[str] = []
+    progress = sys.stderr.isatty()  # a long run says what it is checking; a log stays clean
+    for name, nouns in provided.items():
+        if isinstance(nouns, Exception):
+            failures.append(Outcome(f"plugin {name}", "loads", False, None,
+                                    f"{type(nouns).__name__}: {nouns}"))
+            rows.append({"plugin": name, "noun": "—", "property": "loads", "result": "FAIL",
+                         "counterexample": _cell(f"{type(nouns).__name__}: {nouns}")})
+            continue
+        if not nouns.nouns and not nouns.unchecked:
+            unchecked.append(f"{name}: provides no solver, norm, quadrature, Wiener "
+                             "approximation or gradient rule")
+        for noun in nouns.nouns:
+            label = noun_label(noun)
+            if progress:
+                print(f"odeplug check: {label} ({name})", file=sys.stderr, flush=True)
+            try:
+                outcomes = run_properties(properties_for(noun, settings=settings))
+                skipped = skipped_properties(noun)
+            except Exception as exc:  # noqa: BLE001 - checks that cannot be built fail too
+                outcomes = [Outcome(label, "its checks can be built", False, None,
+                                    f"{type(exc).__name__}: {exc}")]
+                skipped = {}
+            for outcome in outcomes:
+                rows.append({"plugin": name, "noun": label, "property": outcome.property,
+                             "result": "pass" if outcome.passed else "FAIL",
+                             "counterexample": _cell(outcome.counterexample)})
+                if not outcome.passed:
+                    failures.append(attrs.evolve(outcome, subject=label))
+            reasons = set(skipped.values())
+            if not outcomes and len(reasons) == 1:  # nothing applies, for one reason: one row
+                skipped = {"—": reasons.pop()}
+            for prop, reason in skipped.items():
+                rows.append({"plugin": name, "noun": label, "property": prop,
+                             "result": _cell(f"not checked: {reason}"), "counterexample": None})
+                unchecked.append(f"{label} ({name})" + (f", {prop}" if prop != "—" else "")
+                                 + f": {reason}")
+        for cls_name, reason in nouns.unchecked:
+            rows.append({"plugin": name, "noun": cls_name, "property": "—",
+                         "result": _cell(f"not checked: {reason}"), "counterexample": None})
+            unchecked.append(f"{cls_name} ({name}): {reason}")
+    return rows, failures, unchecked
+
+
+def _cell(text: str | None, width: int = 60) -> str | None:
+    """One line of at most ``width`` characters (the full text is printed below the table)."""
+    if text is None:
+        return None
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 def _bench(args: argparse.Namespace) -> int:
     from odeplug.bench import BenchOptions, tasks
 
@@ -143,9 +281,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "plugins":
-        return _plugins(args)
-    return _bench(args)
+    commands = {"plugins": _plugins, "check": _check, "bench": _bench}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,12 @@ import torch
 from .._errors import OdeplugError, UnsupportedCombinationError
 from .._nouns import GradientRule, Solver, final
 from .._problem import ODEProblem
+from ._properties import CheckFailed, Property
 
-__all__ = ["GradientCase", "gradient_cases", "check_gradient_case", "check_gradient_rule"]
+__all__ = [
+    "GradientCase", "gradient_cases", "check_gradient_case", "check_gradient_rule",
+    "gradient_rule_properties",
+]
 
 F64 = torch.float64
 
@@ -50,8 +54,6 @@ class GradientCase:
     solver: Solver
     outcome: str = "gradients"
     seed: int = 0
-
-
 
 
 def _squares(sol) -> torch.Tensor:  # noqa: ANN001
@@ -359,3 +361,25 @@ def check_gradient_case(
 def check_gradient_rule(rule: GradientRule, **options) -> dict[str, str]:
     """Run every case of :func:`gradient_cases` on ``rule``; return each case's outcome."""
     return {case.name: check_gradient_case(rule, case, **options) for case in gradient_cases()}
+
+
+def gradient_rule_properties(rule: GradientRule, *, settings=None) -> list[Property]:  # noqa: ANN001
+    """One :class:`Property` per case of :func:`gradient_cases`, named ``gradient truth: <case>``,
+    each failing with a :class:`CheckFailed` whose counterexample is the case and whose detail
+    is :func:`check_gradient_case`'s explanation (which gradient, by how much).
+
+    ``settings`` (Hypothesis settings) is accepted so every noun's properties are built alike;
+    the cases are fixed problems, not drawn, so it has no effect here."""
+    subject = repr(rule)
+
+    def property_for(case: GradientCase) -> Property:
+        def run() -> None:
+            try:
+                check_gradient_case(rule, case)
+            except AssertionError as exc:
+                raise CheckFailed(subject, name, f"the gradient case {case.name!r}", str(exc)) from exc
+
+        name = f"gradient truth: {case.name}"
+        return Property(subject, name, run)
+
+    return [property_for(case) for case in gradient_cases()]

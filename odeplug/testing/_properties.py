@@ -68,6 +68,8 @@ def check_settings(settings: Settings | None = None, max_examples: int = 25) -> 
     return Settings(
         current,
         deadline=None,
+        # One shrunk counterexample per property, not an ExceptionGroup of distinct bugs.
+        report_multiple_bugs=False,
         max_examples=min(current.max_examples, max_examples),
         suppress_health_check=[*current.suppress_health_check, HealthCheck.too_slow,
                                HealthCheck.data_too_large, HealthCheck.filter_too_much,

@@ -178,7 +178,9 @@ class RungeKuttaStepper(Stepper):
                 step = Step(t0, t1, y0, y1, stages, dt, shortened, f1)
             else:
                 f1 = self.field(t1.to(y0.dtype), y1)
-                step = Step(t0, t1, y0, y1, stages, dt, shortened)
+                if self.tableau.dense_uses_f1:  # as step_from does: the interpolant's last row
+                    stages = torch.cat([stages, f1.unsqueeze(0)])
+                step = Step(t0, t1, y0, y1, stages, dt, shortened, f1)
             return StepState(t1, y1, f1, dt_next), step, (True, finite, size_ok, reached)
         return StepState(t0, y0, f0, dt_next), None, (False, finite, size_ok, reached)
 
@@ -223,11 +225,9 @@ class RungeKuttaStepper(Stepper):
         f0 = self.field(t0.to(y0.dtype), y0)
         stages, last_input = self._stages(t0, y0, f0, h, t1)
         landed = torch.zeros((), dtype=torch.bool, device=t0.device)
-        if self.adaptive:
-            if self.tableau.fsal:
-                return Step(t0, t1, y0, last_input, stages, h, landed, stages[-1])
-            y1 = torch.addmv(y0, stages.t(), self._coef["b"] * h.to(y0.dtype))
-            return Step(t0, t1, y0, y1, stages, h, landed)
+        if self.adaptive and self.tableau.fsal:
+            return Step(t0, t1, y0, last_input, stages, h, landed, stages[-1])
+        # As an accepted attempt: y1 from the weights, then F(t1, y1), the next first stage.
         y1 = torch.addmv(y0, stages.t(), self._coef["b"] * h.to(y0.dtype))
         f1 = self.field(t1.to(y0.dtype), y1)
         if self.tableau.dense_uses_f1:

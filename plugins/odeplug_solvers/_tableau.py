@@ -37,8 +37,9 @@ class ButcherTableau:
     dense: tuple[tuple[float, ...], ...]
     b_error: tuple[float, ...] | None = None
     fsal: bool = False
-    #: The dense output also uses F(t1, y1), appended to the stages as one more row (fixed-step
-    #: methods: that evaluation is the next step's first stage anyway).
+    #: The dense output also uses F(t1, y1), appended to the stages as one more row: a free
+    #: slope for fixed-step and non-FSAL methods, whose next step evaluates it as its first stage
+    #: anyway (e.g. Hermite interpolation for a pair without a dense output of its own).
     dense_uses_f1: bool = False
 
     def __attrs_post_init__(self) -> None:
