@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import odeplug as op
-from strategies import Linear, MLPField, TupleMLPField, mlp_problems, time_grids
+from odeplug.testing.strategies import Linear, MLPField, TupleMLPField, mlp_problems, time_grids
 
 f64 = torch.float64
 

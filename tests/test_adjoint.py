@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import odeplug as op
 from odeplug import _dispatch
-from strategies import Linear, MLPField, mlp_problems
+from odeplug.testing.strategies import Linear, MLPField, mlp_problems
 
 f64 = torch.float64
 
@@ -269,3 +269,136 @@ def test_the_seminorm_saves_evaluations_over_its_own_base_norm(base):
     plain = sines_backward(op.Adjoint(norm=base), 200, 2, 1e-6)["nfe_backward"]
     semi = sines_backward(op.Adjoint(norm=op.Seminorm(base=base)), 200, 2, 1e-6)["nfe_backward"]
     assert semi <= 0.8 * plain, (semi, plain)
+
+
+# -- the speed-up machinery of the backward solve, each part checked where a bug would show ------
+
+_RULES_ON_THE_BACKSOLVE = [op.Adjoint(), op.Adjoint(norm=op.Seminorm()), op.GQAdjoint(), op.GaussAdjoint()]
+_RULE_IDS = ["Adjoint", "Seminorm", "GQAdjoint", "GaussAdjoint"]
+
+
+def _forward_cost_model(field, y0, ts):
+    """(start, per_attempt) with nfe = start + per_attempt·attempts for this solver's forward
+    solve, fitted from two tolerances: the cost of a solve without jumps."""
+    points = []
+    for tol in (1e-4, 1e-8):
+        stats = op.solve(op.ODEProblem(field, y0, ts), op.Dopri5(rtol=tol, atol=tol)).stats
+        points.append((stats["steps_accepted"] + stats["steps_rejected"], stats["nfe"]))
+    (a1, n1), (a2, n2) = points
+    per_attempt = (n2 - n1) // (a2 - a1)
+    assert per_attempt * (a2 - a1) == n2 - n1 and per_attempt > 0, points
+    return n1 - per_attempt * a1, per_attempt
+
+
+@pytest.mark.parametrize("rule", _RULES_ON_THE_BACKSOLVE, ids=_RULE_IDS)
+def test_each_output_time_costs_the_backward_one_evaluation(rule):
+    """At each interior output time the backward resets z and jumps a_z: one evaluation of the
+    augmented field (one VJP), with the step size carried on and dL/dt_k read from that same
+    evaluation. So the backward costs what a forward solve with the same attempts costs, plus
+    exactly one evaluation per interior output time — not a fresh start (torchdiffeq's restart:
+    an initial-step search too), not a second evaluation for the time gradient."""
+    field = MLPField(3, 16, seed=7)
+    y0 = torch.randn(4, 3, dtype=f64, generator=torch.Generator().manual_seed(0))
+    ts = torch.linspace(0, 3, 12, dtype=f64)
+    start, per_attempt = _forward_cost_model(field, y0, ts)
+    sol = op.solve(op.ODEProblem(field, y0.clone().requires_grad_(), ts.clone().requires_grad_()),
+                   op.Dopri5(rtol=1e-6, atol=1e-6), rule)
+    (torch.linspace(1, 2, len(ts), dtype=f64).view(-1, 1, 1) * sol.ys.pow(2)).sum().backward()
+    stats = sol.stats
+    attempts = stats["steps_accepted_backward"] + stats["steps_rejected_backward"]
+    jumps = len(ts) - 2
+    assert stats["nfe_backward"] == start + per_attempt * attempts + jumps, (stats, start, per_attempt)
+    if isinstance(rule, op.Adjoint):  # every evaluation of the augmented field is one VJP
+        assert stats["vjp_backward"] == stats["nfe_backward"], stats
+
+
+def _backward_attempts_and_step_ends(field, y0, ts, solver):
+    """Accepted and rejected attempts of the Adjoint's backward solve for the loss |y(t_K)|²,
+    and the user times where its accepted steps end (with their sizes), from the backward kit."""
+    from odeplug.backward import AdjointSystem, backsolve
+
+    problem = op.ODEProblem(field, y0, ts)
+    with torch.no_grad():
+        ys = op.solve(problem, solver).ys.reshape(len(ts), -1)
+    grad_ys = torch.zeros_like(ys)
+    grad_ys[-1] = 2 * ys[-1]
+    system = AdjointSystem(problem, tuple(field.parameters()), integrals=True)
+    ends = []
+    # Backward solver time is s = −t (increasing ts), so a step's end in user time is −t1.
+    result = backsolve(system, solver, ys, grad_ys, ts, 1.0,
+                       on_step=lambda stepper, step, k: ends.append((-float(step.t1), float(step.h))))
+    return result.counts.accepted + result.counts.rejected, ends
+
+
+def test_an_output_time_just_past_a_step_costs_the_backward_at_most_one_step():
+    """An output time a hair (10⁻⁶ of a step) past where a backward step would end shortens the
+    next step to a sliver. The step after it must go on with the size proposed before the
+    shortening (the Stepper contract), so the output costs at most that one extra step; a
+    solver that grew h back from the sliver (×10 per step) would need about six more."""
+    field = MLPField(3, 16, seed=7)
+    y0 = torch.randn(4, 3, dtype=f64, generator=torch.Generator().manual_seed(0))
+    solver = op.Dopri5(rtol=1e-7, atol=1e-7)
+    T = 3.0
+    base, ends = _backward_attempts_and_step_ends(field, y0, torch.tensor([0.0, T], dtype=f64), solver)
+    assert len(ends) > 16, ends
+    # Every third step end of the first two thirds (past the initial step's growth); the step
+    # that follows each end has size ends[j + 1][1].
+    for j in range(2, 2 * len(ends) // 3, 3):
+        sliver = 1e-6 * ends[j + 1][1]
+        ts = torch.tensor([0.0, ends[j][0] - sliver, T], dtype=f64)
+        attempts, _ = _backward_attempts_and_step_ends(field, y0, ts, solver)
+        assert attempts <= base + 1, (j, attempts, base)
+
+
+@pytest.mark.parametrize("rule", [op.Adjoint, op.GQAdjoint, op.GaussAdjoint], ids=lambda r: r.__name__)
+@pytest.mark.parametrize("backward", [op.RK4(dt=0.05), op.Midpoint(dt=0.02)], ids=["RK4", "Midpoint"])
+def test_fixed_step_backward_solves_match_a_tight_reference(rule, backward):
+    """With a fixed-step backward solver nothing hides a wrong first stage after a jump (an
+    adaptive solver rejects and shrinks its way around one, paying only evaluations): after
+    each output time's reset and jump the next step must start from F at the new state. Loss
+    on every output, so a_z jumps at each; error against a float64 Direct reference at 1e-12,
+    bounded by the backward solver's own order (RK4: (0.05)⁴, Midpoint: (0.02)²)."""
+    field = MLPField(3, 16, seed=7)
+    y0 = torch.randn(4, 3, dtype=f64, generator=torch.Generator().manual_seed(0))
+    ts = torch.linspace(0, 3, 7, dtype=f64)
+
+    def gradients(r):
+        y = y0.clone().requires_grad_()
+        sol = op.solve(op.ODEProblem(field, y, ts), op.Dopri5(rtol=1e-12, atol=1e-12), r)
+        loss = (torch.linspace(1, 2, len(ts), dtype=f64).view(-1, 1, 1) * torch.sin(sol.ys)).sum()
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, [y, *field.parameters()])])
+
+    reference = gradients(op.Direct())
+    error = float((gradients(rule(solver=backward)) - reference).norm() / reference.norm())
+    order, dt = (4, 0.05) if isinstance(backward, op.RK4) else (2, 0.02)
+    assert error < 10 * dt**order, error
+
+
+class _Forced(torch.nn.Module):
+    """dz/dt = −z + a·sin(20t): the time derivative of f is 20× larger than what drives z, so
+    the a_t channel, −∫ a_zᵀ ∂f/∂t dt, is the hardest block to integrate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor([1.0, -0.5], dtype=f64))
+
+    def forward(self, t, z):
+        return -z + self.a * torch.sin(20 * t)
+
+
+def test_the_seminorm_takes_the_same_steps_whether_or_not_time_gradients_are_asked():
+    """a_t, like a_θ, never feeds back into the dynamics: the seminorm leaves it out of the step
+    control, so asking for dL/dt must not change a single backward step. The plain norm
+    controls a_t, and there it does (so the comparison can see a difference)."""
+    field = _Forced()
+    y0 = torch.tensor([1.0, 2.0], dtype=f64)
+    steps = {}
+    for name, rule in (("semi", op.Adjoint(norm=op.Seminorm())), ("plain", op.Adjoint())):
+        for wants_ts in (False, True):
+            ts = torch.linspace(0, 2, 4, dtype=f64).requires_grad_(wants_ts)
+            sol = op.solve(op.ODEProblem(field, y0.clone().requires_grad_(), ts), op.Dopri5(rtol=1e-6, atol=1e-6), rule)
+            sol.ys.pow(2).sum().backward()
+            steps[name, wants_ts] = (sol.stats["steps_accepted_backward"], sol.stats["steps_rejected_backward"],
+                                     sol.stats["nfe_backward"])
+    assert steps["semi", True] == steps["semi", False], steps
+    assert steps["plain", True] != steps["plain", False], steps

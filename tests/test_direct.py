@@ -21,7 +21,7 @@ from torchdiffeq._impl.misc import _mixed_norm, _rms_norm
 
 import odeplug as op
 
-from strategies import MLPField, TupleMLPField
+from odeplug.testing.strategies import MLPField, TupleMLPField
 
 F64 = torch.float64
 

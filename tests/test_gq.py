@@ -15,32 +15,22 @@ from hypothesis import strategies as st
 import odeplug as op
 from odeplug import _dispatch
 from odeplug._memory import AllocatedBytes
+from odeplug.testing._quadrature_check import check_quadrature
 from odeplug_gq._adaptive import adaptive_count, plan_segments
-from strategies import Linear, MLPField, TupleMLPField
+from odeplug.testing.strategies import Linear, MLPField, TupleMLPField
 
 f64 = torch.float64
 
 
-@given(n=st.integers(1, 64), data=st.data())
-def test_gauss_legendre_is_exact_for_degree_up_to_2n_minus_1(n, data):
-    degree = data.draw(st.integers(0, 2 * n - 1))
-    coefficients = data.draw(st.lists(st.floats(-1, 1), min_size=degree + 1, max_size=degree + 1))
-    a = data.draw(st.floats(-3, 3))
-    b = a + data.draw(st.floats(0.1, 3)) * data.draw(st.sampled_from([-1, 1]))
-    nodes, weights = op.quadrature(op.GaussLegendre(), n)
-    x = (a + b) / 2 + (b - a) / 2 * nodes.numpy()
-    approx = float(((b - a) / 2 * weights.numpy() * np.polyval(coefficients, x)).sum())
-    antiderivative = np.polyint(coefficients)
-    exact = float(np.polyval(antiderivative, b) - np.polyval(antiderivative, a))
-    scale = sum(abs(c) for c in coefficients) * max(abs(a), abs(b), 1) ** (degree + 1) * abs(b - a)
-    assert abs(approx - exact) <= 1e-12 * max(scale, 1.0)
+def test_gauss_legendre_passes_check_quadrature_up_to_128_nodes():
+    """Float64 nodes in [-1, 1], weights summing to the interval, exact to degree 2n − 1 and
+    not to 2n (odeplug.testing.check_quadrature), for n up to 128."""
+    check_quadrature(op.GaussLegendre(), max_nodes=128)
 
 
 @given(n=st.integers(1, 128))
-def test_gauss_legendre_weights_sum_to_two_and_nodes_are_symmetric(n):
+def test_gauss_legendre_nodes_and_weights_are_symmetric_and_weights_positive(n):
     nodes, weights = op.quadrature(op.GaussLegendre(), n)
-    assert nodes.dtype == f64 and len(nodes) == n
-    assert abs(float(weights.sum()) - 2.0) < 1e-13
     assert torch.allclose(nodes, -nodes.flip(0), atol=1e-14)
     assert torch.allclose(weights, weights.flip(0), atol=1e-14)
     assert bool((weights > 0).all())
@@ -489,3 +479,67 @@ def test_error_controlled_stats_are_reported():
     assert stats["vjp_backward"] == sum(stats["quadrature_nodes"])
     assert stats["quadrature_segments"] >= len(ts) - 1
     assert stats["quadrature_estimates"] >= stats["quadrature_segments"]
+
+
+# -- node counts, weights and signs, where the integrand a_zᵀ ∂f/∂θ turns ------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _adjoint_linear_matrix_errors(T):
+    return tuple(_linear_matrix_errors(op.Adjoint(), T=T)[0])
+
+
+def _check_turning_integrand(rule, T):
+    """dz/dt = Az over [0, T] (T < 0: decreasing times) with closed-form gradients: the
+    integrand a_z zᵀ turns 2 radians per unit time (on dz/dt = az it is constant, and one node
+    is exact). Within 2× of Adjoint's error, for every gradient."""
+    adjoint = _adjoint_linear_matrix_errors(T)
+    got, stats = _linear_matrix_errors(rule, T=T)
+    assert all(g <= 2 * a + 1e-12 for g, a in zip(got, adjoint)), (got, adjoint, stats)
+
+
+@pytest.mark.parametrize("T", [8.0, -8.0], ids=["increasing", "decreasing"])
+@pytest.mark.parametrize("rule", [op.GaussAdjoint(), op.GQAdjoint(C=1.0), op.GQAdjoint()],
+                         ids=["GaussAdjoint", "GQ-paper", "GQ"])
+def test_quadrature_rules_on_a_turning_integrand_in_both_directions(rule, T):
+    _check_turning_integrand(rule, T)
+
+
+@pytest.mark.parametrize("T", [8.0, -8.0], ids=["increasing", "decreasing"])
+def test_too_few_nodes_fail_the_turning_integrand_check(T):
+    """The check above has teeth: one Gauss node per backward step (GaussAdjoint(order=1): the
+    midpoint rule, ~8× Adjoint's error) or one per output interval fails it."""
+    with pytest.raises(AssertionError):
+        _check_turning_integrand(op.GaussAdjoint(order=1), T)
+    with pytest.raises(AssertionError):
+        _check_turning_integrand(op.GQAdjoint(nodes=op.PaperNodes(C=1e-9)), T)
+
+
+class HalvedGaussLegendre(op.Quadrature):
+    """A broken user rule: Gauss–Legendre nodes with half the weights (misses constants)."""
+
+
+def test_a_rule_that_misses_constants_is_refused_not_bisected_forever():
+    def quadrature(rule: HalvedGaussLegendre, n: int):
+        nodes, weights = op.quadrature(op.GaussLegendre(), n)
+        return nodes, weights / 2
+
+    op.register(quadrature)
+    try:
+        with pytest.raises(op.InvalidOptionError, match=r"weights sum to 1, not 2.*check_quadrature"):
+            _mlp_grads(op.GQAdjoint(quadrature=HalvedGaussLegendre()),
+                       torch.linspace(0, 1, 3, dtype=f64))
+    finally:
+        _dispatch.unregister_for_tests("quadrature", (HalvedGaussLegendre, int))
+
+
+def test_a_proxy_no_rule_can_resolve_is_an_error_after_max_segments():
+    noise = torch.Generator().manual_seed(0)
+
+    def rough(s):  # white noise: no segment is ever resolved, so bisection alone never ends
+        return torch.rand(len(s), 2, generator=noise, dtype=f64)
+
+    with pytest.raises(op.SolveError, match="split one panel .* into 64 segments"):
+        plan_segments(rough, torch.tensor(0.0, dtype=f64), torch.tensor(1.0, dtype=f64), 1,
+                      rtol=1e-8, atol=0.0, policy=op.AdaptiveNodes(), count=adaptive_count,
+                      rule=op.GaussLegendre(), max_segments=64)

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 import odeplug as op
 from odeplug._dispatch import unregister_for_tests
+from odeplug.testing._wiener_check import check_wiener
 
-from strategies import MLPField
+from odeplug.testing.strategies import MLPField
 
 F64 = torch.float64
 
@@ -105,33 +106,13 @@ def test_covariance_tends_to_min_minus_t0(interval, a, b, m, seed):
     assert abs(estimate - exact) <= 5 * math.sqrt((vt * vu + exact**2) / n) + 1e-12
 
 
-@given(interval=intervals, fractions=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=4),
-       m=st.integers(0, 30), seed=st.integers(0, 1000))
-def test_derivative_is_the_time_derivative_of_value(interval, fractions, m, seed):
-    t0, t1 = interval
-    path = kl_path(m, (3,), t0, t1, seed=seed)
-    t = torch.tensor([t0 + f * (t1 - t0) for f in fractions], dtype=F64)
-    _, tangent = torch.autograd.functional.jvp(path.value, t, torch.ones_like(t))
-    torch.testing.assert_close(path.derivative(t), tangent, rtol=1e-10, atol=1e-10)
-    # and against a float64 central difference
-    h = 1e-6
-    fd = (path.value(t + h) - path.value(t - h)) / (2 * h)
-    torch.testing.assert_close(path.derivative(t), fd, rtol=1e-5, atol=1e-5 * (1 + m))
-
-
-def test_sampling_uses_only_the_given_generator():
-    torch.manual_seed(123)
-    before = torch.random.get_rng_state()
-    a = kl_path(10, (5, 2), 0.0, 1.0, seed=7)
-    b = kl_path(10, (5, 2), 0.0, 1.0, seed=7)
-    assert torch.equal(torch.random.get_rng_state(), before)  # global RNG untouched
-    assert torch.equal(a.xi, b.xi)
-    assert not torch.equal(a.xi, kl_path(10, (5, 2), 0.0, 1.0, seed=8).xi)
-    unseeded = op.sample(op.KarhunenLoeve(terms=3), torch.empty(2), 0.0, 1.0)
-    assert unseeded.xi.shape == (3, 2)
-    assert torch.equal(torch.random.get_rng_state(), before)
-    float32 = kl_path(4, (2,), 0.0, 1.0, dtype=torch.float32)
-    assert float32.value(torch.tensor(0.5, dtype=F64)).dtype == torch.float32
+@pytest.mark.parametrize("terms", [0, 1, 40])
+def test_karhunen_loeve_passes_check_wiener(terms):
+    """odeplug.testing.check_wiener: derivative = d value/dt (autograd), the same seed gives the
+    same path and other seeds other paths, the global generators are untouched (with a generator
+    and without), value(t0) = 0, float32 and float64, both time directions, and the covariance
+    tends to min(s, t) − t0 as the terms grow."""
+    check_wiener(op.KarhunenLoeve(terms=terms))
 
 
 # --------------------------------------------------------------------------- Wong–Zakai

@@ -18,7 +18,7 @@ from torchdiffeq._impl.misc import _mixed_norm, _rms_norm
 import odeplug as op
 from odeplug_solvers import RungeKuttaStepper
 
-from strategies import MLPField, mlp_problems
+from odeplug.testing.strategies import MLPField, mlp_problems
 
 F64 = torch.float64
 
@@ -516,3 +516,29 @@ def test_dopri5_dense_output_exact_linear(problem, tol):
         ref = torchdiffeq.odeint(lambda t, y: a @ y, y0, ts, rtol=tol, atol=tol, method="dopri5")
     assert float(((sol.ys - exact).abs() / (1 + exact.abs())).max()) < 100 * tol
     assert rel_err(sol.ys, ref) < 1e-10
+
+
+@pytest.mark.parametrize("solver", [op.Dopri5(), op.Tsit5(), op.Bosh3()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("fraction", [0.5, 1e-6])
+def test_a_landed_step_keeps_the_step_size_it_was_shortened_from(solver, fraction):
+    """The Stepper contract: after an accepted step shortened to land on a target, the next step
+    size is at least the one proposed before shortening — an output time where the adjoint
+    jumps must not cost a new start (the step regrowing from a sliver, ×10 per step)."""
+    field = op.VectorField(lambda t, y: -y + torch.sin(3 * t))
+    y0 = torch.tensor([1.0, -0.5], dtype=F64)
+    stepper = op.make_stepper(solver, field, op.Layout.of(y0))
+    far = torch.tensor(10.0, dtype=F64)
+    state = stepper.start(torch.tensor(0.0, dtype=F64), y0, far)
+    for _ in range(3):  # let the step size settle past the initial guess
+        state, _, _ = stepper.attempt(state, far)
+    landings = 0
+    for _ in range(5):
+        proposed = state.h
+        target = state.t + fraction * proposed
+        new, step, (accepted, *_rest) = stepper.attempt(state, target, land=True)
+        if accepted:
+            assert bool(step.landed) and float(new.t) == float(target)
+            assert float(new.h) >= float(proposed), (float(new.h), float(proposed))
+            landings += 1
+        state = new
+    assert landings >= 3

@@ -146,7 +146,8 @@ class RK4(FixedStepRungeKutta):
 
 
 def register() -> None:
-    """The plugin's hook: one ``make_stepper`` method per family, and the public names."""
+    """The plugin's hook: one ``make_stepper`` method per family, the declared ``order`` of
+    every Runge–Kutta method (its tableau's), and the public names."""
 
     @odeplug.register
     def make_stepper(solver: AdaptiveRungeKutta, field: VectorField, layout: Layout):
@@ -161,6 +162,11 @@ def register() -> None:
         return RungeKuttaStepper(
             solver.tableau, field, layout, dt=solver.dt, max_steps=solver.max_steps
         )
+
+    @odeplug.register
+    def order(solver: RungeKutta):
+        # The tableau is the one source: RungeKuttaStepper.order reads the same number.
+        return solver.tableau.order
 
     odeplug.export(Dopri5, Tsit5, Bosh3, Euler, Midpoint, RK4, RungeKutta, AdaptiveRungeKutta,
                    FixedStepRungeKutta)
