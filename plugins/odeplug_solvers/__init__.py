@@ -28,5 +28,11 @@ from ._tableau import (
 __all__ = [
     "AdaptiveRungeKutta", "Bosh3", "ButcherTableau", "Dopri5", "Euler", "FixedStepRungeKutta",
     "Midpoint", "RK4", "RungeKutta", "RungeKuttaStepper", "Tsit5", "hermite_dense_output",
-    "linear_dense_output", "end_slope_hermite_dense_output", "register",
+    "linear_dense_output", "end_slope_hermite_dense_output", "register", "odeplug_examples",
 ]
+
+
+def odeplug_examples():
+    """Instances for ``odeplug check`` where the defaults cannot be built: the fixed-step
+    methods need a step size."""
+    return [Euler(dt=0.05), Midpoint(dt=0.05), RK4(dt=0.05)]
