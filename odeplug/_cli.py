@@ -119,7 +119,7 @@ def _plugins(args: argparse.Namespace) -> int:
     print_table([
         {"entry point": p.name, "target": p.value, "distribution": p.distribution,
          "version": p.version, "status": p.status + (f": {p.error}" if p.error else ""),
-         "names": ", ".join(p.names)}
+         "requires": ", ".join(p.requires) or "—", "names": ", ".join(p.names)}
         for p in infos
     ])
     if args.methods:
