@@ -42,7 +42,10 @@ from ._solution import Solution, Stats
 from ._solve import reject_options, solve
 from ._stepping import Counts, Step, Stepper, StepState, VectorField, advance
 from ._integrate import integrate, solve_forward, solver_times
-from ._verbs import exact_degree, make_stepper, norm, order, quadrature, sample, terms, wong_zakai
+from ._verbs import (
+    augment, controlled, exact_degree, first_order, interpolate, make_stepper, norm, order,
+    quadrature, sample, terms, wong_zakai,
+)
 from ._quadrature import scaled_quadrature
 from ._norm import resolve_norm
 
@@ -58,10 +61,14 @@ if TYPE_CHECKING:
     from odeplug_quadrature import GaussLegendre
     from odeplug_sde import KarhunenLoeve, KarhunenLoevePath, SDEProblem, SDESolver, WienerPath
     from odeplug_solvers import (
-        RK4, AdaptiveRungeKutta, Bosh3, Dopri5, Euler, FixedStepRungeKutta, Midpoint, RungeKutta,
-        Tsit5,
+        RK4, Adams, AdaptiveHeun, AdaptiveRungeKutta, Bosh3, Dopri5, Dopri8, Euler, ExplicitAdams,
+        Fehlberg2, FixedStepRungeKutta, Heun3, ImplicitAdams, Midpoint, RungeKutta, Tsit5,
     )
     from odeplug_torchdiffeq import TorchDiffEq
+    from odeplug_transforms import (
+        Augmentation, CDEProblem, ControlPath, Interpolation, LinearInterpolation,
+        NaturalCubicSpline, PiecewisePolynomialPath, SecondOrderProblem, ZeroAugmentation,
+    )
 
 __version__ = "0.1.0"
 
@@ -73,7 +80,7 @@ __all__ = [
     # verbs and extension
     "register", "resolve", "resolve_norm", "export", "plugins", "PluginInfo", "PluginLoadWarning",
     "make_stepper", "norm", "quadrature", "scaled_quadrature", "terms", "sample", "wong_zakai",
-    "order", "exact_degree",
+    "order", "exact_degree", "interpolate", "controlled", "first_order", "augment",
     "configuration", "final", "reject_options",
     # the stepping contract
     "Layout", "Block", "VectorField", "Stepper", "StepState", "Step", "Counts", "advance",

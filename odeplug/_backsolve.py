@@ -23,7 +23,7 @@ import torch
 
 from ._adjoint_system import AdjointSystem
 from ._errors import InvalidOptionError
-from ._integrate import solver_times
+from ._integrate import check_stops, solver_times
 from ._nouns import GradientRule, Norm, Solver, final
 from ._stepping import Counts, Step, Stepper, StepState, VectorField, advance
 
@@ -85,7 +85,24 @@ def backward_solver(forward: Solver, rule: BacksolveRule) -> Solver:
                 f"solver=Dopri5(...) to {name}."
             )
         changes[option] = value
+    # A per-element tolerance is shaped for the forward state, not the augmented one: the
+    # backward solve uses its smallest element (unless the rule sets its own).
+    for option in ("rtol", "atol"):
+        if option not in changes and hasattr(solver, option):
+            value = getattr(solver, option)
+            if not isinstance(value, (int, float)):
+                changes[option] = _smallest(value)
     return attrs.evolve(solver, **changes) if changes else solver
+
+
+def _smallest(value) -> float:  # noqa: ANN001
+    """The smallest element of a per-element tolerance (a number, a tuple of them, or an
+    object with ``values``)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if hasattr(value, "values") and not isinstance(value, dict):
+        return float(min(value.values))
+    return min(_smallest(v) for v in value)
 
 
 @final
@@ -100,6 +117,11 @@ class Backsolve:
         nfe: evaluations of the field by the backward solve.
         counts: accepted and rejected backward steps.
         stepper: the backward stepper (solver time s = −direction·t, increasing).
+        jump_time_gradient: the part of dL/dt_0 from the problem's jump times that the
+            system's a_t channel cannot see (∂f/∂t has a Dirac mass there): Σ over the jumps
+            crossed of a_z(σ)ᵀ (f just after σ − f just before σ), in the direction of the
+            forward solve. Already included in ``y``'s a_t (and ``time_gradients[0]``) when the
+            system carries a_t; rules that integrate a_zᵀ ∂f/∂t themselves add it.
     """
 
     y: torch.Tensor
@@ -107,6 +129,18 @@ class Backsolve:
     nfe: int
     counts: Counts
     stepper: Stepper
+    jump_time_gradient: torch.Tensor | float = 0.0
+
+
+def _adjoint_callbacks(found, layout):  # noqa: ANN001, ANN202
+    """torchdiffeq's ``callback_*_adjoint`` for the backward solve: called as
+    ``(t0, blocks, dt)`` with ``t0`` in user time and the augmented state split into its blocks
+    (z, a_z, a_θ…, a_t, in the order of :class:`AdjointSystem`'s layout)."""
+    if found is None:
+        return None
+    return tuple(
+        None if cb is None else (lambda t, y, dt, cb=cb: cb(t, layout.unflatten(y), dt)) for cb in found
+    )
 
 
 def backsolve(
@@ -136,8 +170,17 @@ def backsolve(
 
     K = len(ts) - 1
     n = system.n
-    field = VectorField(system, -direction)
+    # The problem's stop and jump times (carried by its flat field): the backward solve lands
+    # on them and restarts at jumps as the forward does, going backwards.
+    forward_f = getattr(system, "f", None)
+    field = VectorField(
+        system, -direction,
+        stop_times=getattr(forward_f, "stop_times", None),
+        jump_times=getattr(forward_f, "jump_times", None),
+        callbacks=_adjoint_callbacks(getattr(forward_f, "adjoint_callbacks", None), system.layout),
+    )
     stepper: Stepper = make_stepper(solver, field, system.layout)
+    check_stops(stepper)
     counts = Counts()
     s = solver_times(ts.detach(), -direction).flip(0)  # increasing: t_K → t_0
     state = stepper.start(s[0], system.initial(ys[K], grad_ys[K]), s[-1])
@@ -154,14 +197,42 @@ def backsolve(
         y[-1] -= g
         return StepState(state.t, y, state.f, state.h)
 
+    # Jumps in backward solver time: the solve lands on each (the stepper does that for every
+    # stop), and when time gradients are wanted adds the jump's part of dL/dt_0 there.
+    jumps = field.jumps.tolist() if (time_grads is not None and field.jumps is not None) else []
+    bounds = s.tolist() if jumps else []
+    extra = {"nfe": 0, "g": 0.0}
+
+    def jump_term(state: StepState, where: float) -> StepState:
+        # ∂f/∂t has a Dirac mass (f⁺ − f⁻) δ(t − σ) at a jump: a_t misses a_zᵀ (f⁺ − f⁻).
+        z, a = state.y[:n], state.y[n : 2 * n]
+        t = torch.tensor(-direction * where, dtype=z.dtype, device=z.device)
+        after = torch.nextafter(t, torch.tensor(direction * float("inf"), dtype=z.dtype, device=z.device))
+        before = torch.nextafter(t, torch.tensor(-direction * float("inf"), dtype=z.dtype, device=z.device))
+        g = (a * (system.f(after, z) - system.f(before, z))).sum()
+        extra["nfe"] += 2
+        if not carries_a_t:
+            extra["g"] = extra["g"] + g
+            return state
+        y = state.y.clone()
+        y[-1] += g
+        return StepState(state.t, y, state.f, state.h)
+
     if time_grads is not None:
         state = record_time_gradient(K, state)
     for k in range(K, 0, -1):
         hook = None if on_step is None else (lambda step, k=k: on_step(stepper, step, k))
+        for where in jumps:
+            if bounds[K - k] < where < bounds[K - k + 1]:
+                target = torch.tensor(where, dtype=s.dtype, device=s.device)
+                state, _ = advance(stepper, state, target, counts, on_step=hook, land=True)
+                state = jump_term(state, where)
         state, _ = advance(stepper, state, s[K - k + 1], counts, on_step=hook, land=True)
         if on_interval is not None:
             on_interval(stepper, k, state)
         if k > 1:
+            if jumps and bounds[K - k + 1] in jumps:
+                state = jump_term(state, bounds[K - k + 1])
             y = state.y.clone()
             y[:n] = ys[k - 1]
             y[n : 2 * n] += grad_ys[k - 1]
@@ -170,4 +241,4 @@ def backsolve(
                 state = record_time_gradient(k - 1, state)
     if time_grads is not None and carries_a_t:
         time_grads[0] = state.y[-1]
-    return Backsolve(state.y, time_grads, field.nfe, counts, stepper)
+    return Backsolve(state.y, time_grads, field.nfe + extra["nfe"], counts, stepper, extra["g"])

@@ -9,7 +9,7 @@ import torch
 from ._solution import Stats
 from ._stepping import Counts, Step, StepState, Stepper, VectorField, advance
 
-__all__ = ["solver_times", "integrate", "solve_forward"]
+__all__ = ["solver_times", "integrate", "solve_forward", "forward_stats", "check_stops"]
 
 
 def solver_times(ts: torch.Tensor, direction: float) -> torch.Tensor:
@@ -30,6 +30,7 @@ def integrate(
     final state. Outputs come from the dense output of the step covering each time (no forced
     stops), as in torchdiffeq, so the step sequence does not depend on the output grid; all the
     outputs one step covers are read in one call (one device synchronisation per step)."""
+    check_stops(stepper)
     state = stepper.start(s[0], y0, s[-1])
     outputs = [y0.unsqueeze(0)]
     k, count = 1, len(s)
@@ -42,6 +43,27 @@ def integrate(
     return torch.cat(outputs), state
 
 
+def check_stops(stepper: Stepper) -> None:
+    """Refuse a problem with stop or jump times for a stepper that cannot land on them."""
+    if stepper.field.stops is not None and not getattr(stepper, "supports_stops", False):
+        from ._errors import UnsupportedCombinationError
+
+        raise UnsupportedCombinationError(
+            f"{type(stepper).__name__} does not support stop_times/jump_times (it cannot land "
+            "steps on given times); use a Runge–Kutta solver such as Dopri5(), or drop "
+            "stop_times/jump_times from the ODEProblem."
+        )
+
+
+def forward_stats(field: VectorField, counts: Counts, stepper: Stepper) -> Stats:
+    """The forward counts: ``nfe``, ``steps_accepted``, ``steps_rejected``, and
+    ``steps_forced`` when the solver has a ``min_step``."""
+    stats = Stats(nfe=field.nfe, steps_accepted=counts.accepted, steps_rejected=counts.rejected)
+    if counts.forced or getattr(stepper, "min_step", 0):
+        stats["steps_forced"] = counts.forced
+    return stats
+
+
 def solve_forward(problem, solver) -> tuple[torch.Tensor, Stats]:  # noqa: ANN001
     """The forward solve every stepping rule starts with: the stacked flat outputs (K+1, n) and the
     counted ``nfe``, ``steps_accepted``, ``steps_rejected``. Records a graph iff grad is enabled."""
@@ -51,4 +73,4 @@ def solve_forward(problem, solver) -> tuple[torch.Tensor, Stats]:  # noqa: ANN00
     stepper = make_stepper(solver, field, problem.layout)
     counts = Counts()
     ys, _ = integrate(stepper, problem.flat_y0(), solver_times(problem.ts, problem.direction), counts)
-    return ys, Stats(nfe=field.nfe, steps_accepted=counts.accepted, steps_rejected=counts.rejected)
+    return ys, forward_stats(field, counts, stepper)

@@ -39,9 +39,26 @@ class ODEProblem(Problem):
             counted once however often it is listed. Rarely needed: every rule gives
             gradients for every tensor f reads that requires grad (module parameters, closures,
             tensors computed from parameters), found by watching f's first evaluation.
+        stop_times: times every solver steps exactly onto (torchdiffeq's ``step_t``): a step
+            that would pass one is shortened to end on it, and the step after it goes on with
+            the size proposed before shortening and the last stage reused. A sequence of
+            numbers or a 1-D tensor, in user time, in any order; times outside the span of
+            ``ts`` are never reached. Not differentiated.
+        jump_times: times where f (or a derivative of it) is discontinuous in t (torchdiffeq's
+            ``jump_t``; a controlled differential equation's knots): a stop, and the step
+            after it starts with a fresh evaluation of f just after the jump (at the next float
+            in the direction of integration), while the stages of the step ending there see f
+            just before it. Every gradient rule's backward solve does the same going backwards.
+        callbacks: an object with any of torchdiffeq's step-callback methods
+            ``callback_step``, ``callback_accept_step``, ``callback_reject_step`` (forward) and
+            ``callback_step_adjoint``, ``callback_accept_step_adjoint``,
+            ``callback_reject_step_adjoint`` (backward solves of the adjoint rules), each called
+            as ``(t0, y0, dt)``. Those methods on ``f`` itself (an ``nn.Module``, as with
+            torchdiffeq) are called too, f's first. See docs/methods/step-control.md.
     """
 
-    __slots__ = ("f", "y0", "ts", "params", "layout", "is_tuple", "direction")
+    __slots__ = ("f", "y0", "ts", "params", "layout", "is_tuple", "direction", "stop_times",
+                 "jump_times", "callbacks", "_callbacks")
 
     def __init__(
         self,
@@ -50,6 +67,9 @@ class ODEProblem(Problem):
         ts: torch.Tensor,
         *,
         params: Sequence[torch.Tensor] | None = None,
+        stop_times: Sequence[float] | torch.Tensor | None = None,
+        jump_times: Sequence[float] | torch.Tensor | None = None,
+        callbacks: Any = None,
     ) -> None:
         if not callable(f):
             raise InvalidArgumentError(
@@ -61,6 +81,24 @@ class ODEProblem(Problem):
         self.params = collect_params("ODEProblem", (f,), params)
         self.layout = Layout.of(self.y0)
         self.direction = 1.0 if len(self.ts) < 2 or bool(self.ts[1] > self.ts[0]) else -1.0
+        self.stop_times = _check_times("stop_times", stop_times, self.ts)
+        self.jump_times = _check_times("jump_times", jump_times, self.ts)
+        self.callbacks = callbacks
+        self._callbacks = _resolve_callbacks(f, callbacks)
+
+    def step_callbacks(self, adjoint: bool = False) -> tuple[Any, Any, Any] | None:
+        """The (step, accept, reject) callbacks as plain functions of (t_user, y_flat, dt),
+        reshaping y as the user's state (forward) or as the augmented state's blocks (adjoint:
+        ``None`` here; :func:`odeplug.backward.backsolve` reshapes); ``None`` when there are none."""
+        found = self._callbacks[3:] if adjoint else self._callbacks[:3]
+        if not any(found):
+            return None
+        if adjoint:
+            return found
+        unflatten = self.unflatten
+        return tuple(
+            None if cb is None else (lambda t, y, dt, cb=cb: cb(t, unflatten(y), dt)) for cb in found
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -105,7 +143,82 @@ class ODEProblem(Problem):
             return flat_field.call(t, y)
 
         flat_field.call = checked  # type: ignore[attr-defined]
+        # Properties of the problem every VectorField built on this function honours (so every
+        # rule's forward and backward solve lands on them; see odeplug.VectorField).
+        flat_field.stop_times = self.stop_times  # type: ignore[attr-defined]
+        # A jump at the initial time is evaluated there as f defines it (as torchdiffeq does).
+        jumps = self.jump_times
+        if jumps is not None:
+            jumps = jumps[jumps != self.ts[0].detach().to(jumps.dtype)]
+            jumps = jumps if jumps.numel() else None
+        flat_field.jump_times = jumps  # type: ignore[attr-defined]
+        flat_field.step_callbacks = self.step_callbacks()  # type: ignore[attr-defined]
+        flat_field.adjoint_callbacks = self.step_callbacks(adjoint=True)  # type: ignore[attr-defined]
         return flat_field
+
+
+_CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
+
+
+def _resolve_callbacks(f: Any, callbacks: Any) -> tuple[Any, ...]:
+    """(step, accept, reject, step_adjoint, accept_adjoint, reject_adjoint): f's methods of
+    those names, then ``callbacks``' (both called when both have one); ``None`` where absent."""
+    names = _CALLBACK_NAMES + tuple(n + "_adjoint" for n in _CALLBACK_NAMES)
+    if callbacks is not None and not any(callable(getattr(callbacks, n, None)) for n in names):
+        raise InvalidArgumentError(
+            f"ODEProblem: callbacks must be an object with at least one of the methods "
+            f"{', '.join(names)} (each called as (t0, y0, dt)), got {type(callbacks).__name__}. "
+            "Write a small class with e.g. def callback_accept_step(self, t0, y0, dt): ..."
+        )
+    resolved = []
+    for name in names:
+        found = [cb for cb in (getattr(f, name, None), getattr(callbacks, name, None)) if callable(cb)]
+        if not found:
+            resolved.append(None)
+        elif len(found) == 1:
+            resolved.append(found[0])
+        else:
+            first, second = found
+            resolved.append(lambda t, y, dt, a=first, b=second: (a(t, y, dt), b(t, y, dt)))
+    return tuple(resolved)
+
+
+def _check_times(name: str, times: Any, ts: torch.Tensor) -> torch.Tensor | None:
+    """Stop or jump times as a sorted, deduplicated 1-D tensor (float64 or wider, on ts's
+    device), or ``None`` when there are none."""
+    if times is None:
+        return None
+    if isinstance(times, torch.Tensor):
+        if times.requires_grad:
+            raise InvalidArgumentError(
+                f"ODEProblem: {name} requires grad, but stop and jump times are not "
+                f"differentiated; pass {name}=times.detach()."
+            )
+        if times.ndim > 1 or times.is_complex():
+            raise InvalidArgumentError(
+                f"ODEProblem: {name} must be a 1-D tensor or a sequence of numbers, got a tensor "
+                f"of shape {tuple(times.shape)}; use {name}=times.reshape(-1)."
+            )
+        values = times.reshape(-1)
+    else:
+        try:
+            values = torch.as_tensor(list(times), dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise InvalidArgumentError(
+                f"ODEProblem: {name} must be a sequence of numbers or a 1-D tensor of times, got "
+                f"{type(times).__name__}; e.g. {name}=[0.5, 1.5]."
+            ) from None
+        if values.ndim != 1:
+            raise InvalidArgumentError(
+                f"ODEProblem: {name} must be a flat sequence of times, got shape {tuple(values.shape)}."
+            )
+    dtype = torch.promote_types(torch.promote_types(values.dtype, ts.dtype), torch.float64)
+    values = values.to(dtype=dtype, device=ts.device)
+    if not bool(torch.isfinite(values).all()):
+        raise InvalidArgumentError(f"ODEProblem: {name} contains NaN or infinite times.")
+    if values.numel() == 0:
+        return None
+    return torch.unique(values)
 
 
 def _check_y0(y0: Any) -> tuple[bool, State]:

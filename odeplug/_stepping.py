@@ -32,15 +32,40 @@ class VectorField(Noun):
     tensor returns it without evaluating f (and without counting). Rules use it to reuse an
     evaluation they made themselves (finding what f depends on) or a first stage they kept
     (a checkpointed F(t_i, y_i)).
+
+    The problem's *stop* and *jump* times travel with the field, in solver time ``s``
+    (increasing): ``stops`` is every time a step must land on (stops and jumps, sorted, with a
+    trailing +inf so that "the next stop" is one ``searchsorted``), ``jumps`` the times where f
+    is discontinuous (sorted), both ``None`` when there are none. ``callbacks`` is ``None`` or
+    the triple (step, accept, reject) of plain functions ``(t_user, y_flat, dt)`` resolved once
+    per solve (see :func:`advance`).
     """
 
-    __slots__ = ("fn", "direction", "nfe", "_primed")
+    __slots__ = ("fn", "direction", "nfe", "_primed", "stops", "jumps", "callbacks")
 
-    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], direction: float = 1.0):
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        direction: float = 1.0,
+        *,
+        stop_times: torch.Tensor | None = None,
+        jump_times: torch.Tensor | None = None,
+        callbacks: tuple[Callable | None, Callable | None, Callable | None] | None = None,
+    ):
         self.fn = fn
         self.direction = float(direction)
         self.nfe = 0
         self._primed: tuple[torch.Tensor, torch.Tensor] | None = None
+        # A problem's flat field carries its stop and jump times and step callbacks
+        # (ODEProblem.flat_field); explicit arguments override them.
+        if stop_times is None:
+            stop_times = getattr(fn, "stop_times", None)
+        if jump_times is None:
+            jump_times = getattr(fn, "jump_times", None)
+        if callbacks is None:
+            callbacks = getattr(fn, "step_callbacks", None)
+        self.stops, self.jumps = _solver_stops(stop_times, jump_times, self.direction)
+        self.callbacks = callbacks if callbacks is not None and any(callbacks) else None
 
     def __call__(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         primed = self._primed
@@ -62,6 +87,24 @@ class VectorField(Noun):
         return s if self.direction > 0 else -s
 
 
+def _solver_stops(
+    stop_times: torch.Tensor | None, jump_times: torch.Tensor | None, direction: float
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """User-time stop and jump times → (landing times + [inf], jump times), sorted in solver
+    time s = direction · t, float64 (or wider); ``None`` where there are none."""
+    parts = [t for t in (stop_times, jump_times) if t is not None and t.numel() > 0]
+    if not parts:
+        return None, None
+    dtype = torch.promote_types(parts[0].dtype, torch.float64)
+    every = torch.cat([p.detach().reshape(-1).to(dtype) for p in parts]) * direction
+    inf = torch.full((1,), float("inf"), dtype=dtype, device=every.device)
+    stops = torch.cat([torch.unique(every), inf])  # unique sorts
+    jumps = None
+    if jump_times is not None and jump_times.numel() > 0:
+        jumps = torch.unique(jump_times.detach().reshape(-1).to(dtype) * direction)
+    return stops, jumps
+
+
 class StepState(NamedTuple):
     """Where a solve stands: time ``t`` (solver time), flat state ``y``, ``f = F(t, y)`` (reused
     as the first stage of the next step), and the step size ``h`` to try next (> 0)."""
@@ -79,7 +122,8 @@ class Step(NamedTuple):
     ``h`` is the size the step was taken with (``t1 − t0`` need not equal it in floating point,
     and a step shortened to land on a stop depends on that stop's time). ``landed`` (a 0-d bool
     tensor, so reading it costs no device synchronisation) says the step was shortened to end
-    exactly on its target (``land=True``) or, for a fixed-step solver, on the end time.
+    exactly on its target (``land=True``), on one of the field's stops (then ``t1`` is that
+    stop exactly), or, for a fixed-step solver, on the end time.
     ``stages[0]`` is the first stage F(t0, y0). ``f1`` is F(t1, y1) when the step itself
     computed it (first-same-as-last tableaus, fixed-step dense output): the next step's first
     stage, on the step's own graph; ``None`` otherwise.
@@ -114,6 +158,18 @@ class Stepper(Noun):
        that it ends exactly on ``t_target`` if it would pass it (a jump in the solution happens
        there, e.g. the adjoint's dL/dy(t_k)); after an accepted shortened step, the next step
        size is at least the one proposed before shortening, so a jump does not cost a new start.
+       ``status`` may carry a fifth bool, ``forced``: the step was accepted only because its
+       size was at the solver's ``min_step`` (counted in ``Counts.forced``).
+    2a. Stops and jumps (``field.stops``, ``field.jumps``, solver time): a step never passes the
+       next stop after ``state.t``; it is shortened to end exactly on it (``t0 + h == stop``, so
+       that ``step_from`` reproduces it), as with ``land=True``, keeping the proposed size for the
+       next step. f is discontinuous at a jump: stages at the end of a step that ends on a jump
+       are evaluated at the float just before it (in the state's dtype, in the direction of
+       integration), and the first stage of a step that starts on one at the float just after
+       it, in ``start``, ``restart``, ``attempt`` (a fresh evaluation once the step is accepted)
+       and ``step_from`` alike; such a step's ``Step.f1`` is ``None`` (the next first stage is
+       not the step's last one). A stepper that cannot do this sets ``supports_stops = False``
+       and problems with stop or jump times are refused with it.
     3. ``interpolate(step, t)`` evaluates the dense output at solver time ``t`` in
        ``[step.t0, step.t1]``, differentiably in the step's tensors and ``t``. ``t`` is a 0-d
        tensor (result: the flat state) or a 1-D tensor of times (result: one row per time,
@@ -130,8 +186,13 @@ class Stepper(Noun):
     __slots__ = ()
     field: VectorField
     max_steps: int
+    #: Whether the stepper honours ``field.stops`` and ``field.jumps`` (rule 2a).
+    supports_stops: bool = False
     #: Order of the method's solution (used by rules that choose quadrature orders per step).
     order: int
+    #: Order q of the continuous extension ``interpolate`` (local error O(h^(q+1))); a stepper
+    #: that does not say is taken to have q = order − 1, as every standard extension does.
+    dense_order: int
 
     @abc.abstractmethod
     def start(self, t0: torch.Tensor, y0: torch.Tensor, t_end: torch.Tensor) -> StepState: ...
@@ -153,13 +214,15 @@ class Stepper(Noun):
 
 @final
 class Counts(Noun):
-    """Accepted and rejected steps of one solve direction (evaluations live on the field)."""
+    """Accepted and rejected steps of one solve direction (evaluations live on the field), and
+    ``forced``: accepted steps whose error test failed at the solver's ``min_step``."""
 
-    __slots__ = ("accepted", "rejected")
+    __slots__ = ("accepted", "rejected", "forced")
 
     def __init__(self) -> None:
         self.accepted = 0
         self.rejected = 0
+        self.forced = 0
 
 
 def advance(
@@ -175,7 +238,16 @@ def advance(
 
     ``on_step`` sees every accepted step (checkpointing, per-step quadrature).
     ``land=True`` ends the last step exactly on ``t_target`` (see :meth:`Stepper.attempt`).
+
+    Step callbacks (``stepper.field.callbacks``, resolved once per solve; nothing is done when
+    there are none): ``step(t0, y0, dt)`` before each attempt, with the size about to be tried,
+    then ``accept(t0, y0, dt)`` or ``reject(t0, y0, dt)`` with the size of the accepted step or
+    of the rejected attempt (torchdiffeq's ``callback_step``, ``callback_accept_step``,
+    ``callback_reject_step``); ``t0`` is in user time. Fixed-step solvers call ``step`` only,
+    as torchdiffeq's fixed-grid solvers do.
     """
+    if stepper.field.callbacks is not None:
+        return _advance_with_callbacks(stepper, state, t_target, counts, on_step, land)
     budget = stepper.max_steps
     while True:
         if counts.accepted + counts.rejected >= budget:
@@ -187,23 +259,13 @@ def advance(
                 "max_steps, loosen rtol/atol, or check the problem for stiffness or blow-up."
             )
         new_state, step, status = stepper.attempt(state, t_target, land)
-        accepted, finite, size_ok, reached = status
-        if not finite:
-            where = float(stepper.field.to_user_time(state.t))
-            raise NonFiniteStateError(
-                f"the state became NaN or infinite in the step from t={where:.6g} "
-                f"(step size {float(state.h):.3g}). Check f for overflow (e.g. exp of a large "
-                "state), lower the step size with tighter rtol/atol, or solve in float64."
-            )
-        if not size_ok:
-            where = float(stepper.field.to_user_time(state.t))
-            raise StepSizeUnderflowError(
-                f"the step size underflowed (t + h == t) at t={where:.6g}: the problem is likely "
-                "stiff or singular there. Loosen rtol/atol, rescale time, or check f near that t."
-            )
+        accepted, finite, size_ok, reached = status[:4]
+        _check(stepper, state, t_target, finite, size_ok)
         state = new_state
         if accepted:
             counts.accepted += 1
+            if len(status) > 4 and status[4]:
+                counts.forced += 1
             last = step
             if on_step is not None:
                 on_step(step)
@@ -211,3 +273,70 @@ def advance(
                 return state, last
         else:
             counts.rejected += 1
+
+
+def _budget_exhausted(stepper: Stepper, state: StepState, t_target: torch.Tensor, counts: Counts) -> None:
+    budget = stepper.max_steps
+    if counts.accepted + counts.rejected >= budget:
+        where = stepper.field.to_user_time(state.t)
+        raise StepBudgetExhaustedError(
+            f"max_steps={budget} steps were attempted ({counts.accepted} accepted, "
+            f"{counts.rejected} rejected) and the solve stopped at t={float(where):.6g}, "
+            f"short of t={float(stepper.field.to_user_time(t_target)):.6g}. Raise the solver's "
+            "max_steps, loosen rtol/atol, or check the problem for stiffness or blow-up."
+        )
+
+
+def _advance_with_callbacks(
+    stepper: Stepper,
+    state: StepState,
+    t_target: torch.Tensor,
+    counts: Counts,
+    on_step: Callable[[Step], None] | None,
+    land: bool,
+) -> tuple[StepState, Step]:
+    """:func:`advance` with the field's step callbacks (a separate loop: no cost without)."""
+    field = stepper.field
+    on_attempt, on_accept, on_reject = field.callbacks
+    if not getattr(stepper, "adaptive", True):
+        on_accept = on_reject = None  # torchdiffeq's fixed-grid solvers call callback_step only
+    to_user = field.to_user_time
+    while True:
+        _budget_exhausted(stepper, state, t_target, counts)
+        if on_attempt is not None:
+            on_attempt(to_user(state.t), state.y, state.h)
+        new_state, step, status = stepper.attempt(state, t_target, land)
+        accepted, finite, size_ok, reached = status[:4]
+        _check(stepper, state, t_target, finite, size_ok)
+        if accepted:
+            counts.accepted += 1
+            if len(status) > 4 and status[4]:
+                counts.forced += 1
+            if on_accept is not None:
+                on_accept(to_user(step.t0), step.y0, step.h)
+            state, last = new_state, step
+            if on_step is not None:
+                on_step(step)
+            if reached:
+                return state, last
+        else:
+            counts.rejected += 1
+            if on_reject is not None:
+                on_reject(to_user(state.t), state.y, getattr(stepper, "last_dt", state.h))
+            state = new_state
+
+
+def _check(stepper: Stepper, state: StepState, t_target: torch.Tensor, finite: bool, size_ok: bool) -> None:
+    if not finite:
+        where = float(stepper.field.to_user_time(state.t))
+        raise NonFiniteStateError(
+            f"the state became NaN or infinite in the step from t={where:.6g} "
+            f"(step size {float(state.h):.3g}). Check f for overflow (e.g. exp of a large "
+            "state), lower the step size with tighter rtol/atol, or solve in float64."
+        )
+    if not size_ok:
+        where = float(stepper.field.to_user_time(state.t))
+        raise StepSizeUnderflowError(
+            f"the step size underflowed (t + h == t) at t={where:.6g}: the problem is likely "
+            "stiff or singular there. Loosen rtol/atol, rescale time, or check f near that t."
+        )

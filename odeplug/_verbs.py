@@ -6,7 +6,7 @@ from ._dispatch import generic
 
 __all__ = [
     "solve", "make_stepper", "norm", "quadrature", "terms", "sample", "wong_zakai", "order",
-    "exact_degree",
+    "exact_degree", "interpolate", "controlled", "first_order", "augment",
 ]
 
 
@@ -66,3 +66,29 @@ def exact_degree(rule, n):
     """The highest degree d such that the n-point :class:`Quadrature` ``rule`` integrates every
     polynomial of degree ≤ d exactly on [-1, 1] (2n − 1 for Gauss–Legendre).
     :func:`odeplug.testing.check_quadrature` checks it is exact to that degree and not one more."""
+
+
+@generic
+def interpolate(scheme, times, values):
+    """The :class:`ControlPath` X through the observations ``values`` (``(..., len(times),
+    channels)``) made at the increasing knot ``times`` by the interpolation ``scheme``, for a
+    controlled differential equation (Kidger et al. 2020, "Neural Controlled Differential
+    Equations for Irregular Time Series")."""
+
+
+@generic
+def controlled(problem):
+    """The ODE dy/dt = f(t, y) · dX/dt of the controlled differential equation dy = f(t, y) dX(t)
+    ``problem`` (Kidger et al. 2020), with the kinks of X as the ODE's jump times."""
+
+
+@generic
+def first_order(problem):
+    """The first-order ODE on the tuple state (y, v) of the second-order ``problem``
+    y'' = f(t, y, y'): dy/dt = v, dv/dt = f(t, y, v)."""
+
+
+@generic
+def augment(problem, augmentation):
+    """``problem`` on a state with extra channels, as ``augmentation`` says (Dupont et al. 2019,
+    "Augmented Neural ODEs"); the same kind of problem comes back."""

@@ -60,6 +60,7 @@ from odeplug import (
     configuration,
     final,
 )
+from odeplug._integrate import forward_stats
 from odeplug.backward import Gradients, Needs, RNGState, Tape, differentiate, forward_outputs
 
 __all__ = ["ACA", "solve_aca"]
@@ -246,9 +247,7 @@ def _forward(tape: Tape) -> torch.Tensor:
     ys, _ = odeplug.integrate(loop, tape.y0, tape.s, counts, recording.on_step)
     recording.save(tape)
     tape.stats.update(
-        nfe=tape.field.nfe,
-        steps_accepted=counts.accepted,
-        steps_rejected=counts.rejected,
+        forward_stats(tape.field, counts, stepper),
         checkpoints=len(recording.kept),
         checkpoint_bytes_peak=recording.peak_kept_bytes + tape.memo["record_bytes"],
     )
@@ -314,11 +313,38 @@ class _Steps:
             ranges[i] = (lo, k + 1)
         return ranges
 
-    def starts_follow_the_end(self) -> torch.Tensor:
-        """For each step, whether a step before it landed on the end time: its start is then
-        s_end + Σ h (constant h) rather than s_0 + Σ h."""
-        landed = self.landed.to(torch.int64)
-        return (landed.cumsum(0) - landed) > 0
+    def landings(self) -> list[str | None]:
+        """For each step, where it was shortened to end: ``"stop"`` (on one of the problem's
+        stop or jump times, a constant: its size is stop − t_i), ``"end"`` (a fixed-step
+        solver's last step: end − t_i), or ``None``. One synchronisation."""
+        stops = self.field.stops
+        at_stop = torch.zeros_like(self.landed) if stops is None else torch.isin(self.t1s, stops)
+        kinds = torch.where(self.landed, torch.where(at_stop, 2, 1), 0).tolist()
+        return [(None, "end", "stop")[k] for k in kinds]
+
+    def starts(self, landings: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each step, whether its start is s_0 + Σ h or s_end + Σ h (constant h): masks
+        (follows s_0, follows s_end). After a step that landed on a stop, starts are
+        constants (stop + Σ h) and follow neither."""
+        follows_start, follows_end, last = [], [], None
+        for kind in landings:
+            follows_start.append(last is None)
+            follows_end.append(last == "end")
+            if kind is not None:
+                last = kind
+        device = self.landed.device
+        return torch.tensor(follows_start, device=device), torch.tensor(follows_end, device=device)
+
+    def size(self, i: int, t0: torch.Tensor, end: torch.Tensor, landing: str | None) -> torch.Tensor:
+        """Step i's size as the forward differentiated it: constant, end − t_i for a step that
+        landed on the end, and for one that landed on a stop the recorded size (so that
+        t_i + h is the stop exactly) with the derivative of stop − t_i."""
+        if landing == "stop":
+            gap = self.t1s[i] - t0
+            return self.hs[i] + (gap - gap.detach())
+        if landing == "end":
+            return end - t0
+        return self.hs[i]
 
 
 class _RunningSum:
@@ -384,6 +410,7 @@ def _step_by_step_gradients(tape: Tape, steps: _Steps, grad_ys: torch.Tensor, ne
     field, stepper, n = tape.field, steps.stepper, steps.n
     s = tape.s.detach()
     outputs_of = steps.outputs_by_step(s)
+    landings = steps.landings() if needs.ts else None
     wanted = [p for p, need in zip(tape.inputs, needs.inputs) if need]
     running = _RunningSum()
     grad_s = torch.zeros_like(s) if needs.ts else None
@@ -420,7 +447,7 @@ def _step_by_step_gradients(tape: Tape, steps: _Steps, grad_ys: torch.Tensor, ne
                         t0 = t0.detach().requires_grad_(True)
                         # A landing step's size is s_end − s_i, as in the forward.
                         end_leaf = s[-1].to(t0.dtype).clone().requires_grad_(True)
-                        h = torch.where(steps.landed[i], end_leaf - t0, h)
+                        h = steps.size(i, t0, end_leaf, landings[i])
                     step = steps.replay(i, t0, y0, h, f0)
                     outs: list[torch.Tensor] = []
                     cotangents: list[torch.Tensor] = []
@@ -464,8 +491,8 @@ def _step_by_step_gradients(tape: Tape, steps: _Steps, grad_ys: torch.Tensor, ne
 
     grad_ts = None
     if needs.ts:
-        follows_end = steps.starts_follow_the_end()
-        grad_s[0] += torch.where(follows_end, 0.0, start_grads).sum()
+        follows_start, follows_end = steps.starts(landings)
+        grad_s[0] += torch.where(follows_start, start_grads, 0.0).sum()
         grad_s[-1] += torch.where(follows_end, start_grads, 0.0).sum()
         grad_ts = (tape.direction * grad_s).to(tape.problem.ts.dtype)  # s = direction · t
     sums = iter(running.sums if running.sums is not None else [None] * len(wanted))
@@ -496,9 +523,10 @@ def _differentiable_gradients(tape: Tape, steps: _Steps, grad_ys: torch.Tensor, 
     outputs_of = steps.outputs_by_step(s.detach())
     y, t0, f0 = tape.y0, s[0], None
     rows = [y.unsqueeze(0)]
+    landings = steps.landings()
     with steps.forked():
         for i in range(steps.n):
-            h = torch.where(steps.landed[i], s[-1] - t0, steps.hs[i])
+            h = steps.size(i, t0, s[-1], landings[i])
             step = steps.replay(i, t0, y, h, f0)
             if i in outputs_of:
                 lo, hi = outputs_of[i]

@@ -61,6 +61,8 @@ def _backward(tape: Tape, grad_ys: torch.Tensor, needs: Needs) -> Gradients:
         nfe_backward=result.nfe, steps_accepted_backward=result.counts.accepted,
         steps_rejected_backward=result.counts.rejected, vjp_backward=system.evaluations,
     )
+    if result.counts.forced:  # steps taken at the backward solver's min_step
+        tape.stats["steps_forced_backward"] = result.counts.forced
     n = system.n
     grad_ts = torch.stack(result.time_gradients).to(problem.ts.dtype) if needs.ts else None
     return Gradients(result.y[n : 2 * n] + grad_ys[0], grad_ts, tuple(system.input_gradients(result.y)))

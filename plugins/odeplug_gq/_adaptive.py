@@ -358,7 +358,10 @@ class AdaptivePanels:
 
     def on_step(self, stepper: Stepper, step: Step, k: int) -> None:
         self.steps.append(step)
-        if len(self.steps) >= self.policy.panel_steps:
+        # A panel ends at a jump of f (a step ending there hands no f1 on): the integrand is
+        # discontinuous there, and a segment across it would be bisected down to the jump.
+        at_jump = step.f1 is None and stepper.field.jumps is not None
+        if at_jump or len(self.steps) >= self.policy.panel_steps:
             self._flush(stepper, k)
 
     def on_interval(self, stepper: Stepper, k: int, state: Any) -> None:

@@ -269,11 +269,13 @@ def _backward(tape: Tape, grad_ys: torch.Tensor, needs: Needs, make_placement: A
         vjp_batches=total.batches, quadrature_nodes=placement.nodes_per_interval(),
         **placement.extra_stats(),
     )
+    if result.counts.forced:  # steps taken at the backward solver's min_step
+        tape.stats["steps_forced_backward"] = result.counts.forced
     n = system.n
     grad_ts = None
     if needs.ts:
         time_grads = result.time_gradients
-        t0 = -sum(time_grads[1:])
+        t0 = -sum(time_grads[1:]) + result.jump_time_gradient
         if total.t_sum is not None:
             t0 = t0 + total.t_sum
         time_grads[0] = t0
@@ -300,13 +302,24 @@ class IntervalNodes:
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cursor: dict[int, int] = {}
 
-    def _nodes(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _nodes(self, k: int, stepper: Stepper) -> tuple[torch.Tensor, torch.Tensor]:
         # Built when the backward solve enters interval k and dropped when it leaves, so that
         # only one interval's nodes are alive at a time.
         if k not in self.pending:
             self.pending.pop(k + 1, None)
-            nodes, weights = odeplug.scaled_quadrature(self.rule.quadrature, self.counts[k], self.times[k - 1],
-                                                       self.times[k], self.ts.dtype, self.ts.device)
+            a, b = self.times[k - 1], self.times[k]
+            # The integrand jumps where f does: one rule per piece between the problem's jump
+            # times, its share of the interval's nodes by length (at least one).
+            cuts = [a, b]
+            if stepper.field.jumps is not None:
+                inside = [-self.direction * s for s in stepper.field.jumps.tolist()]
+                cuts = [a, *sorted((t for t in inside if min(a, b) < t < max(a, b)),
+                                   reverse=b < a), b]
+            parts = [odeplug.scaled_quadrature(
+                self.rule.quadrature, max(1, math.ceil(self.counts[k] * abs(hi - lo) / abs(b - a))),
+                lo, hi, self.ts.dtype, self.ts.device) for lo, hi in zip(cuts[:-1], cuts[1:])]
+            nodes = torch.cat([p[0] for p in parts])
+            weights = torch.cat([p[1] for p in parts])
             # Backward solver time s = −direction·t increases from t_k to t_{k−1}.
             s_nodes = -self.direction * nodes
             order = torch.argsort(s_nodes)
@@ -315,7 +328,7 @@ class IntervalNodes:
         return self.pending[k]
 
     def on_step(self, stepper: Stepper, step: Step, k: int) -> None:
-        s_nodes, weights = self._nodes(k)
+        s_nodes, weights = self._nodes(k, stepper)
         start = self.cursor[k]
         if start >= len(s_nodes):
             return
@@ -328,7 +341,7 @@ class IntervalNodes:
         self.cursor[k] = stop
 
     def on_interval(self, stepper: Stepper, k: int, state: Any) -> None:
-        s_nodes, weights = self._nodes(k)
+        s_nodes, weights = self._nodes(k, stepper)
         # A node exactly at the interval's end (Lobatto-type rules) is read from the landed state.
         rest = len(s_nodes) - self.cursor[k]
         if rest > 0:

@@ -1,21 +1,30 @@
 """odeplug's built-in solvers: one explicit Runge–Kutta engine, each method a tableau.
 
-Adaptive: :class:`Dopri5` (default), :class:`Tsit5`, :class:`Bosh3`. Fixed step: :class:`Euler`,
-:class:`Midpoint`, :class:`RK4`. Add a method by writing a :class:`ButcherTableau` and a
+Adaptive: :class:`Dopri5` (default), :class:`Tsit5`, :class:`Bosh3`, :class:`Dopri8`,
+:class:`Fehlberg2`, :class:`AdaptiveHeun`. Fixed step: :class:`Euler`, :class:`Midpoint`,
+:class:`RK4`, :class:`Heun3`. Add a method by writing a :class:`ButcherTableau` and a
 configuration class subclassing :class:`AdaptiveRungeKutta` or :class:`FixedStepRungeKutta`.
+
+Multistep, fixed step (``_adams.py``, their own stepper): :class:`ExplicitAdams` and
+:class:`ImplicitAdams`, torchdiffeq's Adams methods.
 """
 
+from . import _adams, _solvers
+from ._adams import Adams, AdamsStepper, ExplicitAdams, ImplicitAdams, adams_coefficients
 from ._solvers import (
+    AdaptiveHeun,
     AdaptiveRungeKutta,
     Bosh3,
     Dopri5,
+    Dopri8,
     Euler,
+    Fehlberg2,
     FixedStepRungeKutta,
+    Heun3,
     Midpoint,
     RK4,
     RungeKutta,
     Tsit5,
-    register,
 )
 from ._stepper import RungeKuttaStepper
 from ._tableau import (
@@ -26,13 +35,24 @@ from ._tableau import (
 )
 
 __all__ = [
-    "AdaptiveRungeKutta", "Bosh3", "ButcherTableau", "Dopri5", "Euler", "FixedStepRungeKutta",
-    "Midpoint", "RK4", "RungeKutta", "RungeKuttaStepper", "Tsit5", "hermite_dense_output",
-    "linear_dense_output", "end_slope_hermite_dense_output", "register", "odeplug_examples",
+    "Adams", "AdamsStepper", "AdaptiveHeun", "AdaptiveRungeKutta", "Bosh3", "ButcherTableau",
+    "Dopri5", "Dopri8", "Euler", "ExplicitAdams", "Fehlberg2", "FixedStepRungeKutta", "Heun3",
+    "ImplicitAdams", "Midpoint", "RK4", "RungeKutta", "RungeKuttaStepper", "Tsit5",
+    "adams_coefficients", "hermite_dense_output", "linear_dense_output",
+    "end_slope_hermite_dense_output", "register",
+    "odeplug_examples",
 ]
 
 
+def register() -> None:
+    """The plugin's hook: the Runge–Kutta family's methods and the Adams methods'."""
+    _solvers.register()
+    _adams.register()
+
+
 def odeplug_examples():
-    """Instances for ``odeplug check`` where the defaults cannot be built: the fixed-step
-    methods need a step size."""
-    return [Euler(dt=0.05), Midpoint(dt=0.05), RK4(dt=0.05)]
+    """Instances for ``odeplug check``: the fixed-step methods need a step size, and the
+    second-order pairs are checked at tolerances they reach in hundreds of steps, not 10⁴."""
+    return [Euler(dt=0.05), Midpoint(dt=0.05), RK4(dt=0.05), Heun3(dt=0.05),
+            ExplicitAdams(dt=0.05), ImplicitAdams(dt=0.05),
+            AdaptiveHeun(rtol=1e-5, atol=1e-7), Fehlberg2(rtol=1e-5, atol=1e-7)]

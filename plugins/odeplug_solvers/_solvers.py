@@ -35,6 +35,93 @@ def _non_negative(instance, attribute, value):
         )
 
 
+@attrs.frozen
+class ElementwiseTolerance:
+    """A per-element tolerance, stored hashable (a shape and a tuple of floats) so that solver
+    configurations stay frozen and hashable; ``tensor()`` gives it back as a float64 tensor.
+    Made by the solvers' ``rtol``/``atol`` options from a tensor or a (nested) list."""
+
+    shape: tuple[int, ...]
+    values: tuple[float, ...]
+
+    def tensor(self):  # noqa: ANN201
+        import torch
+
+        return torch.tensor(self.values, dtype=torch.float64).reshape(self.shape)
+
+    def __repr__(self) -> str:
+        return f"tensor({self.tensor().tolist()!r})"
+
+
+def _tolerance(value):  # noqa: ANN001, ANN201
+    """rtol/atol converter: a number stays a float; a tensor or nested list becomes an
+    :class:`ElementwiseTolerance`; a tuple keeps one entry per element of a tuple state."""
+    import torch
+
+    if isinstance(value, bool):
+        return value  # refused by the validator
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, ElementwiseTolerance):
+        return value
+    if isinstance(value, tuple) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return tuple(float(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(_tolerance(v) for v in value)
+    if isinstance(value, (torch.Tensor, list)):
+        try:
+            tensor = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            return value  # refused by the validator
+        if tensor.ndim == 0:
+            return float(tensor)
+        return ElementwiseTolerance(tuple(tensor.shape), tuple(tensor.reshape(-1).tolist()))
+    return value
+
+
+def _tolerance_values(value) -> list[float] | None:  # noqa: ANN001
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, ElementwiseTolerance):
+        return list(value.values)
+    if isinstance(value, tuple):
+        out: list[float] = []
+        for v in value:
+            part = _tolerance_values(v)
+            if part is None:
+                return None
+            out += part
+        return out
+    return None
+
+
+def _valid_tolerance(instance, attribute, value):
+    values = _tolerance_values(value)
+    if values is None or not values or not all(v >= 0 and v == v and v != float("inf") for v in values):
+        raise odeplug.InvalidOptionError(
+            f"{type(instance).__name__}: {attribute.name} must be a non-negative number, or per "
+            f"element a tensor (or nested list) broadcastable to the state, or for a tuple state a "
+            f"tuple with one such entry per tensor; got {value!r}."
+        )
+
+
+def _min_step(instance, attribute, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise odeplug.InvalidOptionError(
+            f"{type(instance).__name__}: min_step must be a number >= 0 (0: no minimum), got {value!r}."
+        )
+
+
+def _max_step(instance, attribute, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        raise odeplug.InvalidOptionError(
+            f"{type(instance).__name__}: max_step must be a positive number or None (no maximum), "
+            f"got {value!r}."
+        )
+
+
 def _norm_or_none(instance, attribute, value):
     if value is not None and not isinstance(value, odeplug.Norm):
         raise odeplug.InvalidOptionError(
@@ -65,23 +152,42 @@ class AdaptiveRungeKutta(RungeKutta):
     """Abstract: an embedded pair with error control (torchdiffeq's step control).
 
     Options:
-        rtol, atol: relative and absolute tolerance (torchdiffeq's defaults, 1e-7 and 1e-9).
+        rtol, atol: relative and absolute tolerance (torchdiffeq's defaults, 1e-7 and 1e-9): a
+            number, or per element a tensor (or nested list) broadcastable to the state, or for
+            a tuple state a tuple with one number or tensor per tensor of the state. Stored
+            hashable (:class:`ElementwiseTolerance`); broadcast to the flat state once per solve.
         norm: the :class:`odeplug.Norm` of the scaled error (default ``MixedNorm()``).
         first_step: initial step size (default: Hairer's selection, one extra evaluation).
+        min_step: smallest step size (default 0). A step the error control would shrink below
+            it is taken at ``min_step`` and accepted anyway (diffrax's ``force_dtmin``),
+            counted in ``Solution.stats["steps_forced"]``.
+        max_step: largest step size (default None: no limit).
         max_steps: attempted steps (accepted + rejected) allowed per solve before
             :class:`odeplug.StepBudgetExhaustedError`.
     """
 
-    rtol: float = attrs.field(default=1e-7, validator=_non_negative)
-    atol: float = attrs.field(default=1e-9, validator=_non_negative)
+    rtol: float = attrs.field(default=1e-7, converter=_tolerance, validator=_valid_tolerance)
+    atol: float = attrs.field(default=1e-9, converter=_tolerance, validator=_valid_tolerance)
     norm: odeplug.Norm | None = attrs.field(default=None, validator=_norm_or_none)
     first_step: float | None = attrs.field(default=None, validator=_positive("first_step"))
+    min_step: float = attrs.field(default=0.0, validator=_min_step)
+    max_step: float | None = attrs.field(default=None, validator=_max_step)
     max_steps: int = attrs.field(default=_DEFAULT_MAX_STEPS, validator=_max_steps)
 
     def __attrs_post_init__(self) -> None:
-        if self.rtol == 0 and self.atol == 0:
+        if max(_tolerance_values(self.rtol)) == 0 and max(_tolerance_values(self.atol)) == 0:
             raise odeplug.InvalidOptionError(
                 f"{type(self).__name__}: rtol and atol cannot both be 0; set e.g. rtol=1e-6, atol=1e-8."
+            )
+        if self.max_step is not None and self.min_step > self.max_step:
+            raise odeplug.InvalidOptionError(
+                f"{type(self).__name__}: min_step={self.min_step!r} is larger than "
+                f"max_step={self.max_step!r}; lower min_step or raise max_step."
+            )
+        if self.first_step is not None and self.max_step is not None and self.first_step > self.max_step:
+            raise odeplug.InvalidOptionError(
+                f"{type(self).__name__}: first_step={self.first_step!r} is larger than "
+                f"max_step={self.max_step!r}; it would be clamped. Lower first_step."
             )
 
 
@@ -155,7 +261,8 @@ def register() -> None:
         norm = solver.norm if solver.norm is not None else odeplug.MixedNorm()
         return RungeKuttaStepper(
             solver.tableau, field, layout, rtol=solver.rtol, atol=solver.atol, norm=norm,
-            first_step=solver.first_step, max_steps=solver.max_steps,
+            first_step=solver.first_step, max_steps=solver.max_steps, min_step=solver.min_step,
+            max_step=solver.max_step,
         )
 
     @odeplug.register
@@ -171,3 +278,38 @@ def register() -> None:
 
     odeplug.export(Dopri5, Tsit5, Bosh3, Euler, Midpoint, RK4, RungeKutta, AdaptiveRungeKutta,
                    FixedStepRungeKutta)
+    odeplug.export(Dopri8, Fehlberg2, AdaptiveHeun, Heun3)
+
+
+@configuration
+class Dopri8(AdaptiveRungeKutta):
+    """Dormand–Prince 8(7), RK8(7)13M of Prince & Dormand (J. Comput. Appl. Math. 7, 1981), with a
+    free 5th-order continuous extension. Takes the same steps as
+    ``torchdiffeq.odeint(method="dopri8")`` on the same problem."""
+
+    tableau = _methods.DOPRI8
+
+
+@configuration
+class Fehlberg2(AdaptiveRungeKutta):
+    """Runge–Kutta–Fehlberg 1(2) (NASA TR R-315, 1969), second-order solution propagated, as
+    torchdiffeq's ``fehlberg2``; cubic Hermite dense output. Evaluates F(t1, y1) after each step,
+    where torchdiffeq reuses F at the first-order solution (one evaluation fewer, other steps)."""
+
+    tableau = _methods.FEHLBERG2
+
+
+@configuration
+class AdaptiveHeun(AdaptiveRungeKutta):
+    """Heun–Euler 2(1): Heun's method (1900) with forward Euler as its error estimate, as
+    torchdiffeq's ``adaptive_heun``; cubic Hermite dense output. Evaluates F(t1, y1) after each
+    step, where torchdiffeq reuses F at the Euler value (one evaluation fewer, other steps)."""
+
+    tableau = _methods.ADAPTIVE_HEUN
+
+
+@configuration
+class Heun3(FixedStepRungeKutta):
+    """Heun's third-order method (Z. Math. Phys. 45, 1900), torchdiffeq's ``heun3``."""
+
+    tableau = _methods.HEUN3

@@ -41,6 +41,8 @@ class ButcherTableau:
     #: slope for fixed-step and non-FSAL methods, whose next step evaluates it as its first stage
     #: anyway (e.g. Hermite interpolation for a pair without a dense output of its own).
     dense_uses_f1: bool = False
+    #: Order of the dense output as a continuous extension; None: ``order − 1``.
+    dense_order: int | None = None
 
     def __attrs_post_init__(self) -> None:
         s = len(self.c)

@@ -76,6 +76,38 @@ def _counting(method: str, f):
     return (_AdaptiveCounting if adaptive else _FixedGridCounting)(f)
 
 
+def _options(solver: TorchDiffEq, problem: ODEProblem) -> dict:
+    """The solver's options, with the problem's stop and jump times as torchdiffeq's ``step_t``
+    and ``jump_t``; what torchdiffeq would ignore (those times on a fixed-grid method, the
+    problem's step callbacks, which it calls on its own wrapper of f) is refused instead."""
+    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    options = dict(solver.options or {})
+    times = {"step_t": problem.stop_times, "jump_t": problem.jump_times}
+    given = {key: value for key, value in times.items() if value is not None}
+    if given and not issubclass(SOLVERS[solver.method], RKAdaptiveStepsizeODESolver):
+        raise odeplug.UnsupportedCombinationError(
+            f"TorchDiffEq({solver.method!r}) would ignore the problem's stop/jump times "
+            "(torchdiffeq honours step_t and jump_t only in its adaptive Runge–Kutta methods); "
+            f"use odeplug's own {solver.method} solver, which lands on them, or an adaptive method."
+        )
+    for key, value in given.items():
+        if key in options:
+            raise odeplug.InvalidOptionError(
+                f"TorchDiffEq: options[{key!r}] and the problem's "
+                f"{'stop_times' if key == 'step_t' else 'jump_times'} both given; give one."
+            )
+        options[key] = value.to(problem.ts.dtype)
+    if problem.step_callbacks() is not None:
+        raise odeplug.UnsupportedCombinationError(
+            "TorchDiffEq counts steps through torchdiffeq's callbacks on its own wrapper of f, so "
+            "the problem's step callbacks would not be called; use an odeplug solver (e.g. "
+            "Dopri5()), which calls them as torchdiffeq does."
+        )
+    return options
+
+
 def register() -> None:
     """The plugin's hook."""
 
@@ -85,10 +117,9 @@ def register() -> None:
 
         reject_options("solve(ODEProblem, TorchDiffEq, Direct)", options)
         func = _counting(solver.method, problem.f)
-        y0 = problem.y0
         ys = torchdiffeq.odeint(
-            func, y0, problem.ts, rtol=solver.rtol, atol=solver.atol, method=solver.method,
-            options=dict(solver.options or {}),
+            func, problem.y0, problem.ts, rtol=solver.rtol, atol=solver.atol,
+            method=solver.method, options=_options(solver, problem),
         )
         stats = Stats(nfe=func.nfe, steps_accepted=func.accepted, steps_rejected=func.rejected)
         return Solution(ys, problem.ts, stats)

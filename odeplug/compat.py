@@ -1,0 +1,572 @@
+"""torchdiffeq's interface, solved by odeplug: ``import odeplug.compat as torchdiffeq``.
+
+:func:`odeint`, :func:`odeint_adjoint` and :func:`odeint_event` take torchdiffeq's arguments, with
+its defaults and meaning (tuple states, decreasing times, a one-element ``t``, ``options`` dicts,
+callable norms, ``adjoint_options=dict(norm="seminorm")``), and run on odeplug's own solvers and
+gradient rules through :func:`odeplug.solve`; torchdiffeq itself is never called. One keyword
+more, ``rule=``, picks any gradient rule (``rule=odeplug.GQAdjoint()``, ``rule=odeplug.ACA()``),
+and ``method=`` also takes an odeplug solver (``method=odeplug.Tsit5(rtol=1e-6)``).
+
+A torchdiffeq method or option odeplug cannot honour raises an error naming it and what to do
+instead; none is ignored. docs/coming-from-torchdiffeq.md maps every name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+import torch
+
+from ._dispatch import register
+from ._errors import InvalidArgumentError, InvalidOptionError, UnsupportedCombinationError
+from ._layout import Layout
+from ._nouns import GradientRule, Norm, Solver, configuration
+from ._plugins import exported
+from ._problem import ODEProblem, State
+from ._solve import solve
+from .backward import BacksolveRule
+
+__all__ = ["odeint", "odeint_adjoint", "odeint_event"]
+
+# torchdiffeq's defaults, shared by its signatures and the checks below.
+_RTOL, _ATOL = 1e-7, 1e-9
+
+# torchdiffeq's method names and the odeplug solvers that take the same steps.
+_ADAPTIVE_METHODS = {"dopri5": "Dopri5", "bosh3": "Bosh3", "dopri8": "Dopri8", "fehlberg2": "Fehlberg2",
+                     "adaptive_heun": "AdaptiveHeun"}
+_FIXED_GRID_METHODS = {"euler": "Euler", "midpoint": "Midpoint", "heun3": "Heun3"}
+_ADAMS = ("odeint does not map torchdiffeq's Adams methods yet (their options and their history "
+          "across output times); pass method=odeplug.ExplicitAdams(dt=...) or "
+          "odeplug.ImplicitAdams(dt=...), or use method='dopri5'")
+# Methods odeplug has no solver for yet: what to do instead.
+_MISSING_METHODS = {
+    "rk4": "torchdiffeq's 'rk4' is Kutta's 3/8-rule fourth-order method, which odeplug does not "
+           "have yet; odeplug.RK4 is the classical fourth-order method (same order, other "
+           "numbers): pass method=odeplug.RK4(dt=...) to use it",
+    "heun2": "odeplug has no Heun (2nd order) solver yet; method='midpoint' is a second-order "
+             "fixed-grid method",
+    "explicit_adams": _ADAMS,
+    "implicit_adams": _ADAMS,
+    "fixed_adams": _ADAMS,
+    "scipy_solver": "odeplug does not wrap SciPy's solvers (they cannot be differentiated by "
+                    "odeplug's gradient rules); use method='dopri5', or odeplug.TorchDiffEq("
+                    "'scipy_solver') through odeplug.solve",
+}
+# torchdiffeq's step-control constants, which odeplug's adaptive solvers use fixed.
+_STEP_CONTROL = {"safety": 0.9, "ifactor": 10.0, "dfactor": 0.2}
+
+
+def odeint(
+    func: Callable[..., Any],
+    y0: State,
+    t: torch.Tensor,
+    *,
+    rtol: Any = _RTOL,
+    atol: Any = _ATOL,
+    method: str | Solver | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable[..., Any] | None = None,
+    rule: GradientRule | None = None,
+) -> State:
+    """``torchdiffeq.odeint``: y at every time of ``t`` (``t[0]`` the initial time), shaped
+    ``(len(t), *y0.shape)`` (a tuple of such for a tuple ``y0``).
+
+    Differentiated by ``rule`` (default ``odeplug.Direct()``: backpropagation through the
+    solver, as torchdiffeq's ``odeint``). ``method`` is a torchdiffeq method name (default
+    ``"dopri5"``) or an odeplug solver; ``options`` are that method's torchdiffeq options.
+    """
+    _refuse_events(event_fn, "odeint")
+    where = "odeint"
+    plan = _Method.of(method, rtol, atol, options, y0, t, where, norm=_forward_norm(options, y0, where))
+    if rule is None:
+        rule = exported()["Direct"]()
+    _check_rule(rule, where)
+    return _solve(func, y0, t, plan, lambda length: rule, params=None)
+
+
+def odeint_adjoint(
+    func: Callable[..., Any],
+    y0: State,
+    t: torch.Tensor,
+    *,
+    rtol: Any = _RTOL,
+    atol: Any = _ATOL,
+    method: str | Solver | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable[..., Any] | None = None,
+    adjoint_rtol: Any = None,
+    adjoint_atol: Any = None,
+    adjoint_method: str | Solver | None = None,
+    adjoint_options: dict[str, Any] | None = None,
+    adjoint_params: Iterable[torch.Tensor] | None = None,
+    rule: GradientRule | None = None,
+) -> State:
+    """``torchdiffeq.odeint_adjoint``: as :func:`odeint`, differentiated by the adjoint method
+    (``odeplug.Adjoint``) whose backward solve uses ``adjoint_method``, ``adjoint_rtol``,
+    ``adjoint_atol`` and ``adjoint_options`` (defaults: the forward's, without its norm), with
+    ``adjoint_options=dict(norm="seminorm")`` the seminorm adjoint.
+
+    ``rule`` replaces the adjoint by any gradient rule; a rule with a backward solve
+    (``GQAdjoint``, ``GaussAdjoint``) gets the adjoint_* settings unless it sets its own.
+    ``adjoint_params`` are tensors whose gradients are wanted; every other tensor ``func`` reads
+    that requires grad gets its gradient too (torchdiffeq leaves those without one).
+    """
+    _refuse_events(event_fn, "odeint_adjoint")
+    where = "odeint_adjoint"
+    given = {name: value for name, value in (
+        ("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol),
+        ("adjoint_method", adjoint_method), ("adjoint_options", adjoint_options),
+    ) if value is not None}
+    # torchdiffeq's defaulting, in its order: the backward solve is the forward's unless told.
+    adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
+    adjoint_atol = atol if adjoint_atol is None else adjoint_atol
+    if adjoint_method is None:
+        adjoint_method = method
+    if adjoint_method != method and options is not None and adjoint_options is None:
+        raise InvalidArgumentError(
+            "odeint_adjoint: adjoint_method differs from method and options were given, so the "
+            "backward solve's options cannot be taken from them: pass adjoint_options too "
+            "(adjoint_options={} for none)."
+        )
+    if adjoint_options is None:
+        adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm"}
+    adjoint_options = dict(adjoint_options)
+    forward_norm = _forward_norm(options, y0, where)
+    backward_norm = _adjoint_norm(adjoint_options.pop("norm", None), forward_norm, y0)
+    if adjoint_method in _FIXED_GRID_METHODS and "norm" not in given.get("adjoint_options", {}):
+        backward_norm = None  # the norm torchdiffeq derives from the forward's: fixed grids drop it
+    plan = _Method.of(method, rtol, atol, options, y0, t, where, norm=forward_norm)
+    backward = _Method.of(adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options, y0, t,
+                          "odeint_adjoint (adjoint_*)", norm=backward_norm, adjoint=True)
+    for name, times in backward.problem.items():
+        if name not in plan.problem or not torch.equal(torch.as_tensor(times), torch.as_tensor(plan.problem[name])):
+            key = "step_t" if name == "stop_times" else "jump_t"
+            raise UnsupportedCombinationError(
+                f"odeint_adjoint: adjoint_options[{key!r}] differs from options[{key!r}]: in odeplug "
+                f"they are one property of the problem, where every solve (forward and backward) "
+                f"stops; pass the same {key} to both, or leave it out of adjoint_options."
+            )
+    if rule is None:
+        rule = exported()["Adjoint"]()
+    _check_rule(rule, where)
+    if isinstance(rule, BacksolveRule):
+        own = {name for name in ("solver", "norm", "rtol", "atol") if getattr(rule, name) is not None}
+        if own and given:
+            raise InvalidArgumentError(
+                f"odeint_adjoint: rule={rule!r} sets its own backward solve ({', '.join(sorted(own))}) "
+                f"and {', '.join(sorted(given))} was given too; set the backward solve in one "
+                "place (on the rule, or with the adjoint_* arguments)."
+            )
+        if own:
+            def rule_for(length: float | None) -> GradientRule:
+                return rule
+        else:
+            def rule_for(length: float | None) -> GradientRule:
+                return attrs.evolve(rule, solver=backward.for_interval(length))
+    else:
+        if given:
+            raise InvalidArgumentError(
+                f"odeint_adjoint: rule={type(rule).__name__}() has no backward solve, so "
+                f"{', '.join(sorted(given))} cannot apply; drop them, or use a rule with a "
+                "backward solve (Adjoint, GQAdjoint, GaussAdjoint)."
+            )
+
+        def rule_for(length: float | None) -> GradientRule:
+            return rule
+    params = None
+    if adjoint_params is not None:
+        # torchdiffeq leaves out the tensors that do not require grad.
+        params = [p for p in adjoint_params if not isinstance(p, torch.Tensor) or p.requires_grad]
+    return _solve(func, y0, t, plan, rule_for, params=params)
+
+
+def odeint_event(func: Callable[..., Any], y0: State, t0: torch.Tensor, *, event_fn: Any,
+                 reverse_time: bool = False, odeint_interface: Any = odeint, **kwargs: Any) -> Any:
+    """``torchdiffeq.odeint_event``: not supported yet (always raises)."""
+    _refuse_events(event_fn, "odeint_event")
+
+
+# -- what runs --------------------------------------------------------------------------------
+
+
+def _solve(
+    func: Callable[..., Any],
+    y0: State,
+    t: torch.Tensor,
+    plan: _Method,
+    rule_for: Callable[[float | None], GradientRule],
+    params: list[torch.Tensor] | None,
+) -> State:
+    _check_t(t)
+    is_tuple = isinstance(y0, tuple)
+    if len(t) == 1:  # torchdiffeq returns y0 alone, differentiably
+        return tuple(part.unsqueeze(0) for part in y0) if is_tuple else y0.unsqueeze(0)
+    problem = ODEProblem(func, y0, t, params=params, **plan.problem)  # checks every input once
+    if not plan.per_interval:
+        return solve(problem, plan.solver, rule_for(None)).ys
+    # torchdiffeq's fixed grid without a step size steps from one output time to the next:
+    # one solve per output interval, its one step landing on the interval's end.
+    outputs, y = [y0], y0
+    for k in range(len(t) - 1):
+        span = t[k : k + 2]
+        length = abs(float(span[1].detach() - span[0].detach()))
+        ys = solve(ODEProblem(func, y, span, params=params), plan.for_interval(length),
+                   rule_for(length)).ys
+        y = tuple(part[-1] for part in ys) if is_tuple else ys[-1]
+        outputs.append(y)
+    if is_tuple:
+        return tuple(torch.stack(parts) for parts in zip(*outputs))
+    return torch.stack(outputs)
+
+
+@attrs.frozen
+class _Method:
+    """A torchdiffeq method with its tolerances and options, as an odeplug solver.
+
+    ``per_interval``: torchdiffeq's fixed grid with no ``step_size`` (steps on the output times);
+    the solver's ``dt`` is then set for each output interval by :meth:`for_interval`."""
+
+    solver: Solver
+    per_interval: bool = False
+    #: ODEProblem options: torchdiffeq's step_t and jump_t are properties of the problem here
+    #: (every solve of it, forward and backward, stops at them).
+    problem: dict = attrs.field(factory=dict)
+
+    def for_interval(self, length: float | None) -> Solver:
+        if not self.per_interval or length is None:
+            return self.solver
+        return attrs.evolve(self.solver, dt=length)
+
+    @staticmethod
+    def of(
+        method: str | Solver | None,
+        rtol: Any,
+        atol: Any,
+        options: dict[str, Any] | None,
+        y0: State,
+        t: torch.Tensor,
+        where: str,
+        *,
+        norm: Norm | None,
+        adjoint: bool = False,
+    ) -> _Method:
+        prefix = "adjoint_" if adjoint else ""
+        if options is not None and not isinstance(options, dict):
+            raise InvalidArgumentError(
+                f"{where}: {prefix}options must be a dict of the method's options, got "
+                f"{type(options).__name__}."
+            )
+        options = dict(options or {})
+        if isinstance(method, Solver):
+            return _Method(_given_solver(method, rtol, atol, options, norm, where, prefix))
+        if method is None:
+            method = "dopri5"
+        if method in _MISSING_METHODS:
+            raise UnsupportedCombinationError(
+                f"{where}: {prefix}method={method!r} is not supported yet: {_MISSING_METHODS[method]}."
+            )
+        if method in _ADAPTIVE_METHODS:
+            problem = {name: options.pop(key) for key, name in (("step_t", "stop_times"),
+                       ("jump_t", "jump_times")) if key in options}
+            return _Method(_adaptive(method, rtol, atol, options, norm, where, prefix), problem=problem)
+        if method in _FIXED_GRID_METHODS:
+            return _fixed_grid(method, options, norm, t, where, prefix)
+        known = sorted({*_ADAPTIVE_METHODS, *_FIXED_GRID_METHODS, *_MISSING_METHODS})
+        raise InvalidArgumentError(
+            f"{where}: unknown {prefix}method {method!r}; torchdiffeq's methods are "
+            f"{', '.join(known)} (or pass an odeplug solver, e.g. {prefix}method=odeplug.Tsit5())."
+        )
+
+
+def _given_solver(solver: Solver, rtol: Any, atol: Any, options: dict[str, Any],
+                  norm: Norm | None, where: str, prefix: str) -> Solver:
+    """An odeplug solver passed as ``method``: it carries its own settings."""
+    if options:
+        raise InvalidArgumentError(
+            f"{where}: {prefix}options {sorted(options)} cannot apply to {prefix}method={solver!r}: "
+            f"an odeplug solver takes its options itself, e.g. {type(solver).__name__}(first_step=0.1)."
+        )
+    if _is_number(rtol) and _is_number(atol) and (float(rtol), float(atol)) == (_RTOL, _ATOL):
+        return solver
+    raise InvalidArgumentError(
+        f"{where}: {prefix}rtol/{prefix}atol cannot apply to {prefix}method={solver!r}: set the "
+        f"tolerances on the solver, e.g. {type(solver).__name__}(rtol=..., atol=...)."
+    )
+
+
+def _adaptive(method: str, rtol: Any, atol: Any, options: dict[str, Any], norm: Norm | None,
+              where: str, prefix: str) -> Solver:
+    settings: dict[str, Any] = {
+        "rtol": _tolerance(f"{prefix}rtol", rtol, where),
+        "atol": _tolerance(f"{prefix}atol", atol, where),
+    }
+    if norm is not None:
+        settings["norm"] = norm
+    options.pop("norm", None)  # already read, as ``norm``
+    if "first_step" in options:
+        first_step = options.pop("first_step")
+        if first_step is not None:
+            settings["first_step"] = _number(f"{prefix}options['first_step']", first_step, where)
+    if "max_num_steps" in options:
+        # torchdiffeq counts attempted steps per output interval, odeplug per solve (stricter).
+        settings["max_steps"] = int(options.pop("max_num_steps"))
+    if "min_step" in options:
+        settings["min_step"] = _number(f"{prefix}options['min_step']", options.pop("min_step"), where)
+    if "max_step" in options:
+        max_step = options.pop("max_step")
+        if float(max_step) != math.inf:  # torchdiffeq's default, no limit, is odeplug's None
+            settings["max_step"] = _number(f"{prefix}options['max_step']", max_step, where)
+    for key, default in _STEP_CONTROL.items():
+        if key in options:
+            value = _number(f"{prefix}options[{key!r}]", options.pop(key), where)
+            if value != default:
+                raise UnsupportedCombinationError(
+                    f"{where}: {prefix}options[{key!r}]={value} is not supported: odeplug's "
+                    f"adaptive solvers use torchdiffeq's default {key}={default}; drop the option."
+                )
+    if "dtype" in options:
+        dtype = options.pop("dtype")
+        if dtype != torch.float64:
+            raise UnsupportedCombinationError(
+                f"{where}: {prefix}options['dtype']={dtype} is not supported: odeplug keeps time "
+                "in float64 (torchdiffeq's default); drop the option."
+            )
+    _refuse_remaining(options, method, where, prefix, {})
+    return exported()[_ADAPTIVE_METHODS[method]](**settings)
+
+
+def _fixed_grid(method: str, options: dict[str, Any], norm: Norm | None, t: torch.Tensor,
+                where: str, prefix: str) -> _Method:
+    # rtol and atol mean nothing to a fixed grid (torchdiffeq ignores them too).
+    if norm is not None or "norm" in options:
+        raise InvalidArgumentError(
+            f"{where}: {prefix}options['norm'] means nothing to the fixed-grid {prefix}method="
+            f"{method!r} (no error control); drop it, or use an adaptive method such as 'dopri5'."
+        )
+    cls = exported()[_FIXED_GRID_METHODS[method]]
+    step_size = options.pop("step_size", None)
+    interp = options.pop("interp", "linear")
+    if interp not in ("linear", "cubic"):
+        raise InvalidArgumentError(
+            f"{where}: {prefix}options['interp'] must be 'linear' or 'cubic', got {interp!r}."
+        )
+    if options.pop("perturb", False):
+        raise UnsupportedCombinationError(
+            f"{where}: {prefix}options['perturb']=True is not supported yet: odeplug evaluates "
+            "func at the step's own times; drop the option (it matters only for a func "
+            "discontinuous at the grid times)."
+        )
+    _refuse_remaining(options, method, where, prefix, {
+        "grid_constructor": "a custom time grid is not supported yet; pass "
+                            "options=dict(step_size=...) for a uniform grid, or no step_size to "
+                            "step on the output times",
+    })
+    if step_size is None:
+        return _Method(cls(dt=1.0), per_interval=True)
+    step_size = _number(f"{prefix}options['step_size']", step_size, where)
+    if interp == "linear" and not _on_grid(t, step_size):
+        raise UnsupportedCombinationError(
+            f"{where}: output times between the steps of {prefix}options['step_size']="
+            f"{step_size} with interp='linear' (torchdiffeq's default) are not supported: odeplug "
+            "reads them from the cubic Hermite interpolant through the step's ends, which is "
+            "torchdiffeq's interp='cubic'. Pass options=dict(step_size=..., interp='cubic'), or "
+            "output times on the step grid (t[0] + k * step_size)."
+        )
+    return _Method(cls(dt=step_size))
+
+
+def _on_grid(t: torch.Tensor, step_size: float) -> bool:
+    """Every interior output time is t[0] + k·step_size (the last one always is: torchdiffeq
+    ends its grid there)."""
+    if len(t) < 3:
+        return True
+    times = t.detach().double()
+    steps = (times[1:-1] - times[0]).abs() / step_size
+    return bool(((steps - steps.round()).abs() <= 1e-9 * steps.clamp(min=1.0)).all())
+
+
+def _refuse_remaining(options: dict[str, Any], method: str, where: str, prefix: str,
+                      not_yet: dict[str, str]) -> None:
+    for key in options:
+        if key in not_yet:
+            raise UnsupportedCombinationError(
+                f"{where}: {prefix}options[{key!r}] is not supported yet: {not_yet[key]}. Drop it "
+                "meanwhile (the solve then ignores what it asked for), or keep torchdiffeq for "
+                "this solve."
+            )
+    if options:
+        raise InvalidArgumentError(
+            f"{where}: {prefix}options {sorted(options)} are not options of torchdiffeq's "
+            f"{method!r} method; drop them."
+        )
+
+
+# -- norms ------------------------------------------------------------------------------------
+
+
+@configuration
+class _CallableNorm(Norm):
+    """torchdiffeq's ``options["norm"]``: a callable on the (scaled) state, shaped as ``y0``.
+
+    On an adjoint's augmented state it is torchdiffeq's default adjoint norm: the largest of
+    ``fn`` on z, ``fn`` on a_z, and the RMS of each integral channel (a_θ, a_t)."""
+
+    fn: Callable[[Any], Any]
+    state: Layout
+    is_tuple: bool
+
+
+@configuration
+class _CallableAdjointNorm(Norm):
+    """torchdiffeq's ``adjoint_options["norm"]``: a callable on the tuple
+    ``(a_t, y, a_y, *a_θ)`` (``(a_t, *y, *a_y, *a_θ)`` for a tuple state)."""
+
+    fn: Callable[[Any], Any]
+    state: Layout
+    is_tuple: bool
+
+
+def _forward_norm(options: dict[str, Any] | None, y0: State, where: str) -> Norm | None:
+    fn = (options or {}).get("norm") if isinstance(options, dict) else None
+    if fn is None or isinstance(fn, Norm):
+        return fn
+    if not callable(fn):
+        raise InvalidArgumentError(
+            f"{where}: options['norm'] must be a callable on the state (torchdiffeq's) or an "
+            f"odeplug.Norm, got {fn!r}."
+        )
+    return _CallableNorm(fn=fn, state=_layout(y0), is_tuple=isinstance(y0, tuple))
+
+
+def _adjoint_norm(choice: Any, forward: Norm | None, y0: State) -> Norm | None:
+    if choice is None:  # torchdiffeq's default adjoint norm is built on the forward's norm
+        return forward
+    if isinstance(choice, str):
+        if choice != "seminorm":
+            raise InvalidArgumentError(
+                f"odeint_adjoint: adjoint_options['norm'] must be 'seminorm', a callable or an "
+                f"odeplug.Norm, got {choice!r}."
+            )
+        # torchdiffeq's seminorm: the forward norm on y and on a_y, each; never a_θ.
+        return exported()["Seminorm"](base=forward if forward is not None else exported()["MixedNorm"]())
+    if isinstance(choice, Norm):
+        return choice
+    if not callable(choice):
+        raise InvalidArgumentError(
+            f"odeint_adjoint: adjoint_options['norm'] must be 'seminorm', a callable or an "
+            f"odeplug.Norm, got {choice!r}."
+        )
+    return _CallableAdjointNorm(fn=choice, state=_layout(y0), is_tuple=isinstance(y0, tuple))
+
+
+def _layout(y0: State) -> Layout:
+    if isinstance(y0, torch.Tensor) or (isinstance(y0, tuple) and all(isinstance(p, torch.Tensor) for p in y0)):
+        return Layout.of(y0)
+    raise InvalidArgumentError(
+        f"y0 must be a floating-point torch.Tensor or a tuple of them, got {type(y0).__name__}."
+    )
+
+
+def _adjoint_parts(layout: Layout, state: Layout, norm: Norm) -> int:
+    """Check that ``layout`` is an adjoint's augmented state of ``state`` ([z, a_z] blocks, then
+    integral channels); return the number of state blocks (m: z is blocks[:m], a_z the next m)."""
+    m = len(state.blocks)
+    shapes = [block.shape for block in state.blocks] * 2
+    blocks = layout.blocks
+    if (len(blocks) >= 2 * m and [b.shape for b in blocks[: 2 * m]] == shapes
+            and all(b.role == "state" for b in blocks[: 2 * m])
+            and all(b.role == "integral" for b in blocks[2 * m :])):
+        return m
+    raise InvalidOptionError(
+        f"{type(norm).__name__} (a torchdiffeq norm callable) was given a state with blocks "
+        f"{layout.names}, neither the solve's state {state.names} nor an adjoint's augmented "
+        "state: use it with odeint/odeint_adjoint only, or use an odeplug.Norm."
+    )
+
+
+def _norm_value(value: Any, like: torch.Tensor) -> torch.Tensor:
+    # torchdiffeq's norms may return Python numbers (its mixed norm of nothing is 0.).
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(())
+
+
+def _state_arg(parts: tuple[torch.Tensor, ...], is_tuple: bool) -> Any:
+    return tuple(parts) if is_tuple else parts[0]
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x.abs().pow(2).mean().sqrt()
+
+
+@register
+def norm(n: _CallableNorm, x: torch.Tensor, layout: Layout):
+    parts = layout.unflatten(x)
+    if layout == n.state:
+        return _norm_value(n.fn(_state_arg(parts, n.is_tuple)), x)
+    m = _adjoint_parts(layout, n.state, n)
+    sizes = [n.fn(_state_arg(parts[:m], n.is_tuple)), n.fn(_state_arg(parts[m : 2 * m], n.is_tuple))]
+    sizes += [_rms(part) for part in parts[2 * m :]]
+    return torch.stack([_norm_value(size, x) for size in sizes]).max()
+
+
+@register
+def norm(n: _CallableAdjointNorm, x: torch.Tensor, layout: Layout):  # noqa: F811
+    m = _adjoint_parts(layout, n.state, n)
+    parts = layout.unflatten(x)
+    rest = list(zip(layout.names[2 * m :], parts[2 * m :]))
+    # odeplug carries a_t only when dL/dt is wanted; torchdiffeq's is then zero throughout.
+    a_t = next((part.reshape(()) for name, part in rest if name == "a_t"), x.new_zeros(()))
+    a_theta = [part for name, part in rest if name != "a_t"]
+    z, a_z = parts[:m], parts[m : 2 * m]
+    if n.is_tuple:
+        return _norm_value(n.fn((a_t, *z, *a_z, *a_theta)), x)
+    return _norm_value(n.fn((a_t, z[0], a_z[0], *a_theta)), x)
+
+
+# -- checks -----------------------------------------------------------------------------------
+
+
+def _refuse_events(event_fn: Any, where: str) -> None:
+    if event_fn is not None or where == "odeint_event":
+        raise UnsupportedCombinationError(
+            f"{where}: events (event_fn, odeint_event) are not supported yet: odeplug cannot "
+            "stop a solve where event_fn(t, y) = 0. Solve to a fixed end time meanwhile, or "
+            "keep torchdiffeq for this solve."
+        )
+
+
+def _check_rule(rule: Any, where: str) -> None:
+    if not isinstance(rule, GradientRule):
+        raise InvalidArgumentError(
+            f"{where}: rule must be an odeplug.GradientRule such as odeplug.GQAdjoint(), got {rule!r}."
+        )
+
+
+def _check_t(t: Any) -> None:
+    if isinstance(t, torch.Tensor) and t.ndim != 1:
+        raise InvalidArgumentError(
+            f"t must be a 1-D tensor of times (torchdiffeq's too), got shape {tuple(t.shape)}; "
+            "for a single time write t.reshape(1), for the solution at t1 write torch.stack([t0, t1])."
+        )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(name: str, value: Any, where: str) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = float(value)
+    if not _is_number(value) or not math.isfinite(value):
+        raise InvalidArgumentError(f"{where}: {name} must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def _tolerance(name: str, value: Any, where: str) -> Any:
+    """A torchdiffeq tolerance for an odeplug solver, which takes the same forms (a number, a
+    tensor per element, a tuple per tensor of a tuple state) and checks them."""
+    if isinstance(value, torch.Tensor) and value.requires_grad:
+        raise InvalidArgumentError(f"{where}: {name} cannot require gradient (torchdiffeq's rule too).")
+    return value
