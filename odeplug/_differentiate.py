@@ -28,7 +28,7 @@ import attrs
 import torch
 
 from ._errors import SolveError, UnsupportedCombinationError
-from ._inputs import RNGState, field_inputs
+from ._inputs import RNGState, field_inputs, held_tensors
 from ._integrate import integrate, solver_times
 from ._nouns import GradientRule, Solver, final
 from ._problem import ODEProblem
@@ -209,7 +209,7 @@ def differentiate(
     y0 = problem.flat_y0()
     s = solver_times(problem.ts, problem.direction)
     rng_state = RNGState.capture(y0)  # where the draws of that first evaluation begin
-    found = field_inputs(field, s[0].to(y0.dtype), y0, problem.params)
+    found = field_inputs(field, s[0].to(y0.dtype), y0, problem.params, held_tensors(problem.f))
     field.prime(y0, found.value)
     stats = Stats()
     tape = Tape(problem, solver, rule, field, y0, s, found.tensors,

@@ -14,6 +14,8 @@ run, and so never free, the shared part).
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 
@@ -25,7 +27,7 @@ from torch.utils.checkpoint import get_device_states, set_device_states
 
 from ._nouns import final
 
-__all__ = ["FieldInputs", "RNGState", "field_inputs"]
+__all__ = ["FieldInputs", "RNGState", "field_inputs", "held_tensors"]
 
 
 @final
@@ -136,17 +138,72 @@ def _ancestors(tensors: Iterable[torch.Tensor]) -> set[int]:
     return leaves
 
 
+_HELD_DEPTH = 6  # closures of closures of bound methods of modules, and no further
+_HELD_ITEMS = 64  # a list or dict larger than this is data, not what a field is built from
+
+
+def held_tensors(f: object) -> list[torch.Tensor]:
+    """The tensors requiring grad that ``f`` holds, whether or not one evaluation reads them:
+    parameters and tensor attributes of the modules it is or closes over, closure cells, bound
+    ``self``, ``functools.partial`` arguments, the module globals a function's code names, small
+    containers of those. A field that reads a tensor only on some calls — f = A₁y before t*, A₂y
+    after — would otherwise have A₂ missed by watching its first evaluation, and its gradient
+    silently dropped by every rule that re-evaluates f."""
+    found: dict[int, torch.Tensor] = {}
+    seen: set[int] = set()
+    stack: list[tuple[object, int]] = [(f, 0)]
+    while stack:
+        obj, depth = stack.pop()
+        if id(obj) in seen or depth > _HELD_DEPTH:
+            continue
+        seen.add(id(obj))
+        inner: Iterable[object] = ()
+        if isinstance(obj, torch.Tensor):
+            if obj.requires_grad:
+                found.setdefault(id(obj), obj)
+        elif isinstance(obj, torch.nn.Module):
+            inner = (*obj.parameters(), *(m for m in obj.modules() if m is not obj),
+                     *(v for v in vars(obj).values() if not isinstance(v, dict)))
+        elif isinstance(obj, functools.partial):
+            inner = (obj.func, *obj.args, *obj.keywords.values())
+        elif inspect.ismethod(obj):
+            inner = (obj.__self__, obj.__func__)
+        elif inspect.isfunction(obj):
+            # Its closure cells, and the module globals its code names (a notebook's f reads
+            # A1 and A2 as globals), not the whole module.
+            inner = (*(cell.cell_contents for cell in obj.__closure__ or () if _cell_filled(cell)),
+                     *(obj.__globals__[name] for name in obj.__code__.co_names
+                       if name in obj.__globals__))
+        elif isinstance(obj, (list, tuple)) and len(obj) <= _HELD_ITEMS:
+            inner = obj
+        elif isinstance(obj, dict) and len(obj) <= _HELD_ITEMS:
+            inner = obj.values()
+        stack.extend((item, depth + 1) for item in inner)
+    return list(found.values())
+
+
+def _cell_filled(cell: object) -> bool:
+    try:
+        cell.cell_contents  # type: ignore[attr-defined]  # noqa: B018
+    except ValueError:  # a closure variable not yet assigned
+        return False
+    return True
+
+
 def field_inputs(
     field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     t0: torch.Tensor,
     y0: torch.Tensor,
     params: Sequence[torch.Tensor] = (),
+    held: Sequence[torch.Tensor] = (),
 ) -> FieldInputs:
-    """Evaluate ``field(t0, y0)`` once, without a graph, and find what it depends on.
+    """Evaluate ``field(t0, y0)`` once, without a graph, and find what it depends on: what it
+    reads, and what it ``held`` (:func:`held_tensors` of the user's f) without reading it then.
 
-    Explicit ``params`` are kept unless the field reads them only through a tensor made from
-    them (a ``params=[raw]`` next to a closure over ``softplus(raw)``): their gradient then
-    reaches them through that tensor, and returning it directly as well would count it twice.
+    Explicit ``params`` and held tensors are kept unless the field reads them only through a
+    tensor made from them (a ``params=[raw]`` next to a closure over ``softplus(raw)``): their
+    gradient then reaches them through that tensor, and returning it directly as well would
+    count it twice.
     """
     t0, y0 = t0.detach(), y0.detach()  # before watching: detaching them would be a read of them
     before = RNGState.capture(y0)
@@ -155,9 +212,12 @@ def field_inputs(
         value = field(t0, y0)
     uses_rng = not before.same_as(RNGState.capture(y0))
     found = dict(reads.found)
+    for t in held:  # derived ones first: what they are made from is then behind them
+        if t.grad_fn is not None:
+            found.setdefault(id(t), t)
     derived = [t for t in found.values() if t.grad_fn is not None]
-    behind = _ancestors(derived) if derived and params else set()
-    for p in params:
+    behind = _ancestors(derived) if derived and (params or held) else set()
+    for p in (*params, *held):
         if p.requires_grad and id(p) not in found and id(p) not in behind:
             found[id(p)] = p
     return FieldInputs(tuple(found.values()), value, uses_rng, reads.changed())

@@ -38,7 +38,8 @@ class ODEProblem(Problem):
         params: extra tensors whose gradients are wanted, a sequence (``params=[w]``), each
             counted once however often it is listed. Rarely needed: every rule gives
             gradients for every tensor f reads that requires grad (module parameters, closures,
-            tensors computed from parameters), found by watching f's first evaluation.
+            tensors computed from parameters), found by watching f's first evaluation and by
+            collecting the tensors f holds (modules, closure cells, the globals its code names).
         stop_times: times every solver steps exactly onto (torchdiffeq's ``step_t``): a step
             that would pass one is shortened to end on it, and the step after it goes on with
             the size proposed before shortening and the last stage reused. A sequence of

@@ -1,6 +1,7 @@
 """The core's backward kit (odeplug.backward): what f depends on, the autograd shell's checks,
 and the reset of z in the backsolve."""
 
+import functools
 import pytest
 import torch
 
@@ -133,3 +134,29 @@ def test_backsolve_resets_z_at_output_times():
         grads[type(rule).__name__] = torch.autograd.grad(sol.ys.pow(2).sum(), [y0, theta])
     for mine, direct in zip(grads["Adjoint"], grads["Direct"]):
         assert torch.allclose(mine, direct, rtol=1e-5, atol=1e-7), (mine, direct)
+
+
+_GLOBAL_WEIGHT = torch.ones(2, dtype=torch.float64, requires_grad=True)
+
+
+def test_held_tensors_finds_what_f_holds_but_one_evaluation_may_not_read():
+    from odeplug._inputs import held_tensors
+
+    cell = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    untracked = torch.zeros(2, dtype=torch.float64)
+    derived = torch.nn.functional.softplus(cell)
+
+    def closure(t, y):
+        return (cell if t > 1 else derived) * y + untracked
+
+    def global_reader(t, y):
+        return _GLOBAL_WEIGHT * y
+
+    module = torch.nn.Linear(2, 2, dtype=torch.float64)
+    module.extra = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    found = {id(t) for t in held_tensors(closure)}
+    assert found == {id(cell), id(derived)}
+    assert [id(t) for t in held_tensors(global_reader)] == [id(_GLOBAL_WEIGHT)]
+    assert {id(t) for t in held_tensors(module.forward)} == {
+        id(module.weight), id(module.bias), id(module.extra)}
+    assert {id(t) for t in held_tensors(functools.partial(closure, torch.tensor(0.0)))} == found

@@ -96,6 +96,34 @@ def _closure_over_leaf():
     return ODEProblem(f, y0, ts), (y0, ts, w), _squares
 
 
+class _Switching(torch.nn.Module):
+    """Reads its second weight only after t = 0.6: watching f's first evaluation misses it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before = torch.nn.Parameter(_weights(3, 3, seed=7).detach())
+        self.after = torch.nn.Parameter(_weights(3, 3, seed=8).detach())
+
+    def forward(self, t, y):  # noqa: ANN001, ANN201
+        w = self.before if t < 0.6 else self.after
+        return torch.tanh(y @ w.T) - 0.2 * y
+
+
+def _read_only_later_in_a_module():
+    field, y0, ts = _Switching(), _y0(2, 3, seed=3), _ts(0.0, 0.5, 1.2)
+    problem = ODEProblem(field, y0, ts, jump_times=[0.6])
+    return problem, (y0, ts, field.before, field.after), _squares
+
+
+def _read_only_later_in_a_closure():
+    early, late, y0, ts = _weights(3, 3, seed=9), _weights(3, 3, seed=10), _y0(2, 3), _ts(1.0, 0.2)
+
+    def f(t, y):
+        return torch.tanh(y @ (early if t > 0.6 else late).T) - 0.2 * y
+
+    return ODEProblem(f, y0, ts, jump_times=[0.6]), (y0, ts, early, late), _squares
+
+
 _RAW = _weights(3, seed=5)
 
 
@@ -259,6 +287,9 @@ def gradient_cases() -> tuple[GradientCase, ...]:
                      attrs.evolve(tight, rtol=1e-8, atol=1e-8)),
         GradientCase("tuple state", _tuple_state, tight),
         GradientCase("decreasing times", _decreasing_times, tight),
+        GradientCase("parameter read only after a jump", _read_only_later_in_a_module, tight),
+        GradientCase("closure read only after a jump, decreasing times",
+                     _read_only_later_in_a_closure, tight),
         # A fixed step: with new masks at every evaluation, error control would never settle.
         GradientCase("Dropout in f", _dropout, exported()["RK4"](dt=0.05), outcome="randomness",
                      seed=23),
