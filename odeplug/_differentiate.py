@@ -29,7 +29,7 @@ import torch
 
 from ._errors import SolveError, UnsupportedCombinationError
 from ._inputs import RNGState, field_inputs, held_tensors
-from ._integrate import integrate, solver_times
+from ._integrate import forward_stats, integrate, solver_times
 from ._nouns import GradientRule, Solver, final
 from ._problem import ODEProblem
 from ._solution import Solution, Stats
@@ -173,8 +173,7 @@ def forward_outputs(tape: Tape, on_step: Callable[[Step], None] | None = None) -
     stepper = make_stepper(tape.solver, tape.field, tape.problem.layout)
     counts = Counts()
     ys, _ = integrate(stepper, tape.y0, tape.s, counts, on_step)
-    tape.stats.update(nfe=tape.field.nfe, steps_accepted=counts.accepted,
-                      steps_rejected=counts.rejected)
+    tape.stats.update(forward_stats(tape.field, counts, stepper))
     tape.saved = (ys,)
     return ys
 

@@ -394,3 +394,12 @@ class _StepCounter:
 
     def callback_step(self, t0, y0, dt):
         self.steps += 1
+
+
+@pytest.mark.parametrize("name,rule", sorted(gradient_rules().items()))
+def test_every_rule_reports_the_forwards_forced_steps(name, rule):
+    y0 = torch.ones(1, dtype=f64, requires_grad=True)
+    ts = torch.tensor([0.0, 1.0], dtype=f64)
+    problem = op.ODEProblem(lambda t, y: -50 * (y - torch.cos(t)), y0, ts)
+    sol = op.solve(problem, op.Dopri5(rtol=1e-10, atol=1e-12, min_step=0.05), rule)
+    assert sol.stats["steps_forced"] > 0, name
