@@ -248,16 +248,8 @@ def advance(
     """
     if stepper.field.callbacks is not None:
         return _advance_with_callbacks(stepper, state, t_target, counts, on_step, land)
-    budget = stepper.max_steps
     while True:
-        if counts.accepted + counts.rejected >= budget:
-            where = stepper.field.to_user_time(state.t)
-            raise StepBudgetExhaustedError(
-                f"max_steps={budget} steps were attempted ({counts.accepted} accepted, "
-                f"{counts.rejected} rejected) and the solve stopped at t={float(where):.6g}, "
-                f"short of t={float(stepper.field.to_user_time(t_target)):.6g}. Raise the solver's "
-                "max_steps, loosen rtol/atol, or check the problem for stiffness or blow-up."
-            )
+        _check_budget(stepper, state, t_target, counts)
         new_state, step, status = stepper.attempt(state, t_target, land)
         accepted, finite, size_ok, reached = status[:4]
         _check(stepper, state, t_target, finite, size_ok)
@@ -275,7 +267,10 @@ def advance(
             counts.rejected += 1
 
 
-def _budget_exhausted(stepper: Stepper, state: StepState, t_target: torch.Tensor, counts: Counts) -> None:
+def _check_budget(
+    stepper: Stepper, state: StepState, t_target: torch.Tensor, counts: Counts
+) -> None:
+    """Raise when the solver's ``max_steps`` attempts are spent short of ``t_target``."""
     budget = stepper.max_steps
     if counts.accepted + counts.rejected >= budget:
         where = stepper.field.to_user_time(state.t)
@@ -302,7 +297,7 @@ def _advance_with_callbacks(
         on_accept = on_reject = None  # torchdiffeq's fixed-grid solvers call callback_step only
     to_user = field.to_user_time
     while True:
-        _budget_exhausted(stepper, state, t_target, counts)
+        _check_budget(stepper, state, t_target, counts)
         if on_attempt is not None:
             on_attempt(to_user(state.t), state.y, state.h)
         new_state, step, status = stepper.attempt(state, t_target, land)
