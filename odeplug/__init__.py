@@ -62,7 +62,8 @@ if TYPE_CHECKING:
     from odeplug_sde import KarhunenLoeve, KarhunenLoevePath, SDEProblem, SDESolver, WienerPath
     from odeplug_solvers import (
         RK4, Adams, AdaptiveHeun, AdaptiveRungeKutta, Bosh3, Dopri5, Dopri8, Euler, ExplicitAdams,
-        Fehlberg2, FixedStepRungeKutta, Heun3, ImplicitAdams, Midpoint, RungeKutta, Tsit5,
+        Fehlberg2, FixedStepRungeKutta, Heun2, Heun3, ImplicitAdams, Midpoint, RK4ThreeEighths,
+        RungeKutta, Tsit5,
     )
     from odeplug_torchdiffeq import TorchDiffEq
     from odeplug_transforms import (

@@ -37,20 +37,14 @@ _RTOL, _ATOL = 1e-7, 1e-9
 # torchdiffeq's method names and the odeplug solvers that take the same steps.
 _ADAPTIVE_METHODS = {"dopri5": "Dopri5", "bosh3": "Bosh3", "dopri8": "Dopri8", "fehlberg2": "Fehlberg2",
                      "adaptive_heun": "AdaptiveHeun"}
-_FIXED_GRID_METHODS = {"euler": "Euler", "midpoint": "Midpoint", "heun3": "Heun3"}
-_ADAMS = ("odeint does not map torchdiffeq's Adams methods yet (their options and their history "
-          "across output times); pass method=odeplug.ExplicitAdams(dt=...) or "
-          "odeplug.ImplicitAdams(dt=...), or use method='dopri5'")
+_FIXED_GRID_METHODS = {"euler": "Euler", "midpoint": "Midpoint", "heun2": "Heun2", "heun3": "Heun3",
+                       "rk4": "RK4ThreeEighths", "explicit_adams": "ExplicitAdams",
+                       "implicit_adams": "ImplicitAdams", "fixed_adams": "ImplicitAdams"}
+# torchdiffeq's Adams methods: their history of slopes runs on across output times.
+_ADAMS_METHODS = ("explicit_adams", "implicit_adams", "fixed_adams")
+_ADAMS_MAX_ORDER = 12  # torchdiffeq's default max_order for all three
 # Methods odeplug has no solver for yet: what to do instead.
 _MISSING_METHODS = {
-    "rk4": "torchdiffeq's 'rk4' is Kutta's 3/8-rule fourth-order method, which odeplug does not "
-           "have yet; odeplug.RK4 is the classical fourth-order method (same order, other "
-           "numbers): pass method=odeplug.RK4(dt=...) to use it",
-    "heun2": "odeplug has no Heun (2nd order) solver yet; method='midpoint' is a second-order "
-             "fixed-grid method",
-    "explicit_adams": _ADAMS,
-    "implicit_adams": _ADAMS,
-    "fixed_adams": _ADAMS,
     "scipy_solver": "odeplug does not wrap SciPy's solvers (they cannot be differentiated by "
                     "odeplug's gradient rules); use method='dopri5', or odeplug.TorchDiffEq("
                     "'scipy_solver') through odeplug.solve",
@@ -273,7 +267,7 @@ class _Method:
                        ("jump_t", "jump_times")) if key in options}
             return _Method(_adaptive(method, rtol, atol, options, norm, where, prefix), problem=problem)
         if method in _FIXED_GRID_METHODS:
-            return _fixed_grid(method, options, norm, t, where, prefix)
+            return _fixed_grid(method, rtol, atol, options, norm, t, where, prefix, adjoint)
         known = sorted({*_ADAPTIVE_METHODS, *_FIXED_GRID_METHODS, *_MISSING_METHODS})
         raise InvalidArgumentError(
             f"{where}: unknown {prefix}method {method!r}; torchdiffeq's methods are "
@@ -338,8 +332,8 @@ def _adaptive(method: str, rtol: Any, atol: Any, options: dict[str, Any], norm: 
     return exported()[_ADAPTIVE_METHODS[method]](**settings)
 
 
-def _fixed_grid(method: str, options: dict[str, Any], norm: Norm | None, t: torch.Tensor,
-                where: str, prefix: str) -> _Method:
+def _fixed_grid(method: str, rtol: Any, atol: Any, options: dict[str, Any], norm: Norm | None,
+                t: torch.Tensor, where: str, prefix: str, adjoint: bool = False) -> _Method:
     # rtol and atol mean nothing to a fixed grid (torchdiffeq ignores them too).
     if norm is not None or "norm" in options:
         raise InvalidArgumentError(
@@ -347,6 +341,9 @@ def _fixed_grid(method: str, options: dict[str, Any], norm: Norm | None, t: torc
             f"{method!r} (no error control); drop it, or use an adaptive method such as 'dopri5'."
         )
     cls = exported()[_FIXED_GRID_METHODS[method]]
+    settings: dict[str, Any] = {}
+    if method in _ADAMS_METHODS:
+        settings = _adams_settings(method, rtol, atol, options, where, prefix)
     step_size = options.pop("step_size", None)
     interp = options.pop("interp", "linear")
     if interp not in ("linear", "cubic"):
@@ -364,6 +361,14 @@ def _fixed_grid(method: str, options: dict[str, Any], norm: Norm | None, t: torc
                             "options=dict(step_size=...) for a uniform grid, or no step_size to "
                             "step on the output times",
     })
+    if step_size is None and method in _ADAMS_METHODS:
+        # torchdiffeq steps on the output times, its slopes carried across them: one solve whose
+        # steps are the output intervals (dt their length; unequal ones: the longest, each step
+        # landing on the next output time, a stop of the problem). An adjoint's backward solve
+        # starts afresh at every output time: each interval is one step without stops.
+        spacing, uniform = _spacing(t)
+        problem = {} if uniform or adjoint else {"stop_times": t.detach()[1:-1]}
+        return _Method(cls(dt=spacing, **settings), problem=problem)
     if step_size is None:
         return _Method(cls(dt=1.0), per_interval=True)
     step_size = _number(f"{prefix}options['step_size']", step_size, where)
@@ -375,7 +380,37 @@ def _fixed_grid(method: str, options: dict[str, Any], norm: Norm | None, t: torc
             "torchdiffeq's interp='cubic'. Pass options=dict(step_size=..., interp='cubic'), or "
             "output times on the step grid (t[0] + k * step_size)."
         )
-    return _Method(cls(dt=step_size))
+    return _Method(cls(dt=step_size, **settings))
+
+
+def _adams_settings(method: str, rtol: Any, atol: Any, options: dict[str, Any], where: str,
+                    prefix: str) -> dict[str, Any]:
+    """torchdiffeq's Adams options (``max_order``, default 12; ``max_iters``, default 4) and,
+    for the corrector of ``implicit_adams``/``fixed_adams``, odeint's ``rtol``/``atol``."""
+    settings: dict[str, Any] = {"max_order": _ADAMS_MAX_ORDER}
+    if "max_order" in options:
+        max_order = options.pop("max_order")
+        if isinstance(max_order, float) and max_order.is_integer():
+            max_order = int(max_order)
+        settings["max_order"] = max_order  # the solver checks the range (4 to 12)
+    max_iters = options.pop("max_iters", None)  # explicit_adams takes and ignores it, as torchdiffeq
+    if method != "explicit_adams":
+        settings["rtol"] = _number(f"{prefix}rtol", rtol, where)
+        settings["atol"] = _number(f"{prefix}atol", atol, where)
+        if max_iters is not None:
+            settings["max_iters"] = max_iters
+    return settings
+
+
+def _spacing(t: torch.Tensor) -> tuple[float, bool]:
+    """(the longest output interval, whether all are equal): an Adams method's step with no
+    ``step_size``."""
+    times = t.detach().double()
+    if len(times) < 2:
+        return 1.0, True  # a single output time: no solve
+    gaps = (times[1:] - times[:-1]).abs()
+    longest = float(gaps.max())
+    return longest, bool(((gaps - longest).abs() <= 1e-9 * longest).all())
 
 
 def _on_grid(t: torch.Tensor, step_size: float) -> bool:

@@ -82,6 +82,22 @@ CASES = [
     ("midpoint", None, dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
     ("euler", dict(step_size=0.125), dict(ys=1e-12, dy0=1e-12, dtheta=1e-12)),
     ("midpoint", dict(step_size=0.1, interp="cubic"), dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
+    # torchdiffeq's rk4 is Kutta's 3/8 rule (odeplug.RK4ThreeEighths); heun2 is odeplug.Heun2.
+    ("rk4", None, dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
+    ("heun2", None, dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
+    ("rk4", dict(step_size=0.1, interp="cubic"), dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
+    # The Adams methods: the same steps, their slopes carried across output times. With no
+    # step_size torchdiffeq's steps end at the output times themselves (dL/dt flows through
+    # the step sizes), odeplug's at t[0] + k·spacing (dL/dt from the interpolant): dt differs.
+    ("explicit_adams", None, dict(ys=1e-12, dy0=1e-12, dtheta=1e-12)),
+    # Here the corrector fails to converge at t = 1.5 in both, and both drop a slope (and warn).
+    pytest.param("implicit_adams", None, dict(ys=1e-12, dy0=1e-12, dtheta=1e-12),
+                 marks=pytest.mark.filterwarnings("ignore:.*did not converge:RuntimeWarning",
+                                                  "ignore:Functional iteration did not converge")),
+    ("fixed_adams", dict(step_size=0.05), dict(ys=1e-12, dy0=1e-12, dtheta=1e-12)),
+    ("explicit_adams", dict(step_size=0.05, max_order=5), dict(ys=1e-12, dy0=1e-12, dtheta=1e-12)),
+    ("implicit_adams", dict(step_size=0.1, interp="cubic", max_iters=6, max_order=8),
+     dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
 ]
 
 
@@ -101,7 +117,7 @@ def test_odeint_matches_torchdiffeq(method, options, tolerances):
 @pytest.mark.parametrize("method, options, tolerances", CASES, ids=lambda c: str(c) if isinstance(c, str) else None)
 def test_odeint_adjoint_matches_torchdiffeq(method, options, tolerances):
     kwargs = dict(method=method, options=options, **solve_tolerances(method))
-    if method in ("euler", "midpoint", "heun3") and not (options or {}).get("interp"):
+    if method in ("euler", "midpoint", "heun2", "heun3", "rk4") and not (options or {}).get("interp"):
         # Both adjoints approximate the continuous dL/dt; on a coarse fixed grid they differ.
         tolerances = {k: v for k, v in tolerances.items() if k != "dt"}
     loose = {k: max(v, 1e-5) for k, v in tolerances.items()}  # two adjoint solves, each to tolerance
@@ -195,8 +211,7 @@ def test_max_num_steps_is_a_step_budget():
 # Each unsupported method or option, and the words its error must contain.
 REFUSED = [
     (dict(event_fn=lambda t, y: y.sum()), r"event_fn, odeint_event\) are not supported yet"),
-    (dict(method="rk4"), r"method='rk4' is not supported yet: torchdiffeq's 'rk4' is Kutta's 3/8-rule"),
-    (dict(method="explicit_adams"), r"method='explicit_adams' is not supported yet"),
+    (dict(method="explicit_adams", options=dict(max_order=3)), r"max_order must be an int from 4 to 12"),
     (dict(method="scipy_solver"), r"method='scipy_solver' is not supported yet"),
     (dict(method="adams"), r"unknown method 'adams'"),
     (dict(options=dict(safety=0.8)), r"options\['safety'\]=0.8 is not supported"),
@@ -215,6 +230,30 @@ def test_unsupported_options_are_refused_by_name(function, kwargs, message):
     kwargs = dict(kwargs)
     with pytest.raises(op.OdeplugError, match=message):
         getattr(compat, function)(Field(), Y0, TS, **kwargs)
+
+
+UNEVEN = torch.tensor([0.0, 0.3, 1.0, 1.2, 2.0], dtype=DTYPE)
+
+
+@pytest.mark.parametrize("ts", [UNEVEN, UNEVEN.flip(0)], ids=["increasing", "decreasing"])
+@pytest.mark.parametrize("function", ["odeint", "odeint_adjoint"])
+@pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams"])
+@pytest.mark.filterwarnings("ignore:.*did not converge")
+def test_adams_without_step_size_steps_on_unequal_output_times(method, function, ts):
+    """torchdiffeq's steps are the output intervals, its slopes carried across them: odeplug's
+    Adams solve lands on each output time (a stop of the problem), with the same values."""
+    tolerances = dict(ys=1e-12, dy0=1e-12, dtheta=1e-12)
+    if function == "odeint_adjoint":
+        tolerances["dt"] = 1e-12
+    assert_close(run(compat, function, Field(), Y0, ts, method=method),
+                 run(torchdiffeq, function, Field(), Y0, ts, method=method), tolerances)
+
+
+def test_adams_as_the_backward_solve_only():
+    kwargs = dict(method="dopri5", adjoint_method="explicit_adams", adjoint_options={})
+    assert_close(run(compat, "odeint_adjoint", Field(), Y0, UNEVEN, **kwargs),
+                 run(torchdiffeq, "odeint_adjoint", Field(), Y0, UNEVEN, **kwargs),
+                 dict(ys=1e-12, dy0=1e-5, dtheta=1e-5, dt=1e-5))
 
 
 def test_adjoint_specific_refusals():

@@ -1,7 +1,7 @@
-"""torchdiffeq's other explicit methods in odeplug: Dopri8, Fehlberg2, AdaptiveHeun, Heun3 (tableaus
-on the Runge–Kutta engine) and the Adams methods (their own stepper), each against torchdiffeq on
-the same problems. Orders, dense output, time reversal and gradients come from check_solver
-(tests/test_conformance.py)."""
+"""torchdiffeq's other explicit methods in odeplug: Dopri8, Fehlberg2, AdaptiveHeun, Heun3, Heun2,
+RK4ThreeEighths (tableaus on the Runge–Kutta engine) and the Adams methods (their own stepper),
+each against torchdiffeq on the same problems. Orders, dense output, time reversal and gradients
+come from check_solver (tests/test_conformance.py)."""
 
 from __future__ import annotations
 
@@ -16,26 +16,9 @@ import odeplug as op
 from odeplug.testing.strategies import MLPField
 from odeplug_solvers import adams_coefficients
 
+from torchdiffeq_counting import Counting
+
 F64 = torch.float64
-
-
-class Counting(torch.nn.Module):
-    """Counts torchdiffeq's evaluations and (through its step callbacks) accepted/rejected steps."""
-
-    def __init__(self, f) -> None:
-        super().__init__()
-        self.f = f
-        self.nfe = self.accepted = self.rejected = 0
-
-    def forward(self, t, y):
-        self.nfe += 1
-        return self.f(t, y)
-
-    def callback_accept_step(self, t0, y0, dt):
-        self.accepted += 1
-
-    def callback_reject_step(self, t0, y0, dt):
-        self.rejected += 1
 
 
 class Evaluations(torch.nn.Module):
@@ -147,13 +130,18 @@ def test_adaptive_pairs_are_as_accurate_as_torchdiffeqs(solver, method, tol):
 ON_GRID = torch.tensor([0.0, 0.3, 0.7, 1.0], dtype=F64)
 
 
+# torchdiffeq's fixed-grid Runge–Kutta methods: its rk4 is Kutta's 3/8 rule.
+FIXED = {"heun3": op.Heun3, "heun2": op.Heun2, "rk4": op.RK4ThreeEighths}
+
+
+@pytest.mark.parametrize("method", sorted(FIXED))
 @pytest.mark.parametrize("problem", sorted(PROBLEMS))
-def test_heun3_values_equal_torchdiffeq(problem):
+def test_fixed_step_values_equal_torchdiffeq(problem, method):
     """Same steps, same values at the step ends (odeplug evaluates F at the final state too)."""
     f, y0 = PROBLEMS[problem]()
     func = Evaluations(f)
-    ref = torchdiffeq.odeint(func, y0, ON_GRID, method="heun3", options=dict(step_size=0.1))
-    sol = op.solve(op.ODEProblem(f, y0, ON_GRID), op.Heun3(dt=0.1))
+    ref = torchdiffeq.odeint(func, y0, ON_GRID, method=method, options=dict(step_size=0.1))
+    sol = op.solve(op.ODEProblem(f, y0, ON_GRID), FIXED[method](dt=0.1))
     assert _rel(sol.ys, ref) < 1e-13
     assert (sol.stats.steps_accepted, sol.stats.nfe) == (10, func.nfe + 1)
 
@@ -248,7 +236,22 @@ def test_adams_options_are_checked(options):
 
 
 def test_declared_orders():
-    solvers = [op.Dopri8(), op.Fehlberg2(), op.AdaptiveHeun(), op.Heun3(dt=0.1),
+    solvers = [op.Dopri8(), op.Fehlberg2(), op.AdaptiveHeun(), op.Heun3(dt=0.1), op.Heun2(dt=0.1),
+               op.RK4ThreeEighths(dt=0.1),
                op.ExplicitAdams(dt=0.1), op.ExplicitAdams(dt=0.1, max_order=4),
                op.ImplicitAdams(dt=0.1), op.ImplicitAdams(dt=0.1, max_order=4)]
-    assert [op.order(s) for s in solvers] == [8, 2, 2, 3, 4, 3, 5, 4]
+    assert [op.order(s) for s in solvers] == [8, 2, 2, 3, 2, 4, 4, 3, 5, 4]
+
+
+@pytest.mark.filterwarnings("ignore:.*did not converge")  # at t = 0.25, in both alike
+def test_adams_steps_land_on_stop_times():
+    """With ``stop_times`` an Adams step is cut short to land on each (the grid goes on from it
+    with the same dt), as torchdiffeq's grid through those times; jump times are refused."""
+    f, y0 = PROBLEMS[sorted(PROBLEMS)[0]]()
+    grid = torch.tensor([0.0, 0.1, 0.2, 0.25, 0.35, 0.45, 0.5, 0.6], dtype=F64)
+    ref = torchdiffeq.odeint(f, y0, grid, method="implicit_adams")
+    sol = op.solve(op.ODEProblem(f, y0, grid[[0, -1]], stop_times=grid[1:-1]), op.ImplicitAdams(dt=0.1))
+    assert _rel(sol.ys[-1], ref[-1]) < 1e-13
+    assert sol.stats.steps_accepted == len(grid) - 1
+    with pytest.raises(op.UnsupportedCombinationError, match="stop_times/jump_times"):
+        op.solve(op.ODEProblem(f, y0, grid[[0, -1]], jump_times=grid[1:2]), op.ExplicitAdams(dt=0.1))

@@ -20,31 +20,14 @@ from odeplug_solvers import RungeKuttaStepper
 
 from odeplug.testing.strategies import MLPField, mlp_problems
 
+from torchdiffeq_counting import Counting
+
 F64 = torch.float64
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-class Counting(torch.nn.Module):
-    """Counts torchdiffeq's evaluations and (through its step callbacks) accepted/rejected steps."""
-
-    def __init__(self, f) -> None:
-        super().__init__()
-        self.f = f
-        self.nfe = self.accepted = self.rejected = 0
-
-    def forward(self, t, y):
-        self.nfe += 1
-        return self.f(t, y)
-
-    def callback_accept_step(self, t0, y0, dt):
-        self.accepted += 1
-
-    def callback_reject_step(self, t0, y0, dt):
-        self.rejected += 1
-
-
 def torchdiffeq_dopri5(f, y0, ts, rtol, atol, norm=None):
     func = Counting(f)
     options = {} if norm is None else dict(norm=norm)

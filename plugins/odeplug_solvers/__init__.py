@@ -2,7 +2,7 @@
 
 Adaptive: :class:`Dopri5` (default), :class:`Tsit5`, :class:`Bosh3`, :class:`Dopri8`,
 :class:`Fehlberg2`, :class:`AdaptiveHeun`. Fixed step: :class:`Euler`, :class:`Midpoint`,
-:class:`RK4`, :class:`Heun3`. Add a method by writing a :class:`ButcherTableau` and a
+:class:`RK4`, :class:`RK4ThreeEighths` (torchdiffeq's ``rk4``), :class:`Heun2`, :class:`Heun3`. Add a method by writing a :class:`ButcherTableau` and a
 configuration class subclassing :class:`AdaptiveRungeKutta` or :class:`FixedStepRungeKutta`.
 
 Multistep, fixed step (``_adams.py``, their own stepper): :class:`ExplicitAdams` and
@@ -20,9 +20,11 @@ from ._solvers import (
     Euler,
     Fehlberg2,
     FixedStepRungeKutta,
+    Heun2,
     Heun3,
     Midpoint,
     RK4,
+    RK4ThreeEighths,
     RungeKutta,
     Tsit5,
 )
@@ -36,8 +38,8 @@ from ._tableau import (
 
 __all__ = [
     "Adams", "AdamsStepper", "AdaptiveHeun", "AdaptiveRungeKutta", "Bosh3", "ButcherTableau",
-    "Dopri5", "Dopri8", "Euler", "ExplicitAdams", "Fehlberg2", "FixedStepRungeKutta", "Heun3",
-    "ImplicitAdams", "Midpoint", "RK4", "RungeKutta", "RungeKuttaStepper", "Tsit5",
+    "Dopri5", "Dopri8", "Euler", "ExplicitAdams", "Fehlberg2", "FixedStepRungeKutta", "Heun2", "Heun3",
+    "ImplicitAdams", "Midpoint", "RK4", "RK4ThreeEighths", "RungeKutta", "RungeKuttaStepper", "Tsit5",
     "adams_coefficients", "hermite_dense_output", "linear_dense_output",
     "end_slope_hermite_dense_output", "register",
     "odeplug_examples",
@@ -53,6 +55,7 @@ def register() -> None:
 def odeplug_examples():
     """Instances for ``odeplug check``: the fixed-step methods need a step size, and the
     second-order pairs are checked at tolerances they reach in hundreds of steps, not 10⁴."""
-    return [Euler(dt=0.05), Midpoint(dt=0.05), RK4(dt=0.05), Heun3(dt=0.05),
+    return [Euler(dt=0.05), Midpoint(dt=0.05), RK4(dt=0.05), RK4ThreeEighths(dt=0.05),
+            Heun2(dt=0.05), Heun3(dt=0.05),
             ExplicitAdams(dt=0.05), ImplicitAdams(dt=0.05),
             AdaptiveHeun(rtol=1e-5, atol=1e-7), Fehlberg2(rtol=1e-5, atol=1e-7)]

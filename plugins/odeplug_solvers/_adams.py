@@ -24,6 +24,10 @@ A step depends on the slopes of the steps before it, so it cannot be recomputed 
 it is part of, and refuses to recompute a past step with :class:`odeplug.UnsupportedCombinationError`.
 Rules that replay steps from checkpoints (ACA) are therefore refused at their backward pass;
 Direct and the continuous adjoints (Adjoint, GQAdjoint, GaussAdjoint) work.
+
+A problem's ``stop_times`` cut a step short to land on each (the grid goes on from it with the
+same dt; the next steps use the same slopes, as torchdiffeq on a grid through those times);
+``jump_times`` are refused.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ import odeplug
 from odeplug import Layout, Solver, Step, Stepper, StepState, VectorField, configuration, final
 
 from . import _methods
-from ._solvers import _DEFAULT_MAX_STEPS, _max_steps, _non_negative, _positive
+from ._solvers import (
+    _DEFAULT_MAX_STEPS, _max_steps, _non_negative, _positive, require_step_size,
+)
 from ._stepper import RungeKuttaStepper
 
 __all__ = ["Adams", "ExplicitAdams", "ImplicitAdams", "AdamsStepper", "adams_coefficients"]
@@ -107,11 +113,7 @@ class Adams(Solver):
     max_steps: int = attrs.field(default=_DEFAULT_MAX_STEPS, validator=_max_steps)
 
     def __attrs_post_init__(self) -> None:
-        if self.dt is None:
-            raise odeplug.InvalidOptionError(
-                f"{type(self).__name__} is a fixed-step solver and needs a step size: "
-                f"{type(self).__name__}(dt=0.01). For error control use Dopri5 or Tsit5."
-            )
+        require_step_size(self)
 
 
 @configuration
@@ -167,6 +169,7 @@ class AdamsStepper(Stepper):
     __slots__ = (
         "field", "order", "dense_order", "max_steps", "dt", "implicit", "rtol", "atol", "max_iters",
         "most_slopes", "_starter", "_slopes", "_end", "_t_end", "_coefficients", "_warned",
+        "supports_stops", "_stops",
     )
     #: A fixed step: no step is ever rejected.
     adaptive = False
@@ -190,6 +193,10 @@ class AdamsStepper(Stepper):
         self._t_end: torch.Tensor | None = None
         self._coefficients: dict[tuple[int, bool, torch.dtype], torch.Tensor] = {}
         self._warned = False
+        # Steps land on the problem's stop_times (the grid goes on from each with the same dt),
+        # as the Runge–Kutta stepper's. Jump times (a restart just after them) are not handled.
+        self._stops = field.stops if field.jumps is None else None
+        self.supports_stops = field.jumps is None
 
     def _weights(self, slopes: int, implicit: bool, like: torch.Tensor) -> torch.Tensor:
         key = (slopes, implicit, like.dtype)
@@ -222,7 +229,18 @@ class AdamsStepper(Stepper):
         remaining = (t_target if land else self._t_end) - t0
         landed = remaining <= dt * (1 + 1e-9)
         h = torch.where(landed, remaining, dt)
-        step = self._step(t0, y0, f0, h, landed)
+        if self._stops is not None:
+            stops = self._stops.to(t0.device)
+            index = torch.searchsorted(stops, t0.detach().reshape(1), right=True)
+            nxt = stops[index].reshape(()).to(t0.dtype)
+            at_stop = (nxt < t0 + remaining) & (nxt - t0 <= dt * (1 + 1e-9))
+            _, to_stop = RungeKuttaStepper._shorten(t0, nxt - t0 + 1, nxt)
+            h = torch.where(at_stop, to_stop, h)
+            landed = landed | at_stop
+            # t0 + h can miss the stop by an ulp; a sliver of a step after it would cost a slope.
+            step = self._step(t0, y0, f0, h, landed, end=torch.where(at_stop, nxt, t0 + h))
+        else:
+            step = self._step(t0, y0, f0, h, landed)
         with torch.no_grad():
             status = torch.stack(
                 [torch.isfinite(step.y1).all(), step.t1 > t0, step.t1 >= t_target]
@@ -249,9 +267,12 @@ class AdamsStepper(Stepper):
         return self._step(t0, y0, self._slopes[0], h, landed)
 
     def _step(
-        self, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, h: torch.Tensor, landed: torch.Tensor
+        self, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, h: torch.Tensor, landed: torch.Tensor,
+        end: torch.Tensor | None = None,
     ) -> Step:
         t1 = t0 + h
+        if end is not None:  # exactly there, with t0 + h's derivative
+            t1 = t1 + (end.detach() - t1.detach())
         known = min(len(self._slopes), self.most_slopes)
         if known < _STARTUP_SLOPES:
             self.field.prime(y0, f0)
@@ -290,7 +311,7 @@ class AdamsStepper(Stepper):
             if not self._warned:
                 warnings.warn(
                     f"the Adams–Moulton corrector did not converge in max_iters={self.max_iters} "
-                    f"iterations at t={float(self.field.to_user_time(t1)):.6g}; the step keeps "
+                    f"iterations at t={float(self.field.to_user_time(t1.detach())):.6g}; the step keeps "
                     "its last iterate and the next steps use one past slope fewer. Lower dt, or "
                     "raise max_iters or rtol/atol.",
                     RuntimeWarning, stacklevel=2,

@@ -6,7 +6,7 @@ from ._tableau import ButcherTableau, end_slope_hermite_dense_output, hermite_de
 
 __all__ = [
     "DOPRI5", "BOSH3", "TSIT5", "EULER", "MIDPOINT", "RK4", "DOPRI8", "FEHLBERG2", "ADAPTIVE_HEUN",
-    "HEUN3", "RK4_THREE_EIGHTHS",
+    "HEUN3", "RK4_THREE_EIGHTHS", "HEUN2",
 ]
 
 # Dormand & Prince, "A family of embedded Runge–Kutta formulae", J. Comput. Appl. Math. 6 (1980).
@@ -221,6 +221,17 @@ ADAPTIVE_HEUN = ButcherTableau(
     dense_uses_f1=True,
 )
 
+# Heun's second-order method, the explicit trapezoidal rule (Heun 1900): torchdiffeq's heun2.
+HEUN2 = ButcherTableau(
+    name="Heun2",
+    c=(0.0, 1.0),
+    a=((), (1.0,)),
+    b=(1 / 2, 1 / 2),
+    order=2,
+    dense=end_slope_hermite_dense_output((1 / 2, 1 / 2)),
+    dense_uses_f1=True,
+)
+
 # Heun's third-order method (Heun, "Neue Methoden zur approximativen Integration der
 # Differentialgleichungen einer unabhängigen Veränderlichen", Z. Math. Phys. 45, 1900).
 HEUN3 = ButcherTableau(
@@ -233,7 +244,8 @@ HEUN3 = ButcherTableau(
     dense_uses_f1=True,
 )
 
-# Kutta's 3/8 rule (Kutta 1901), the fourth-order method torchdiffeq's Adams solvers start with.
+# Kutta's 3/8 rule (Kutta 1901): torchdiffeq's rk4, and the fourth-order method its Adams
+# solvers start with.
 RK4_THREE_EIGHTHS = ButcherTableau(
     name="RK4ThreeEighths",
     c=(0.0, 1 / 3, 2 / 3, 1.0),

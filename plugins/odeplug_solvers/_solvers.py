@@ -14,7 +14,8 @@ from ._stepper import RungeKuttaStepper
 from ._tableau import ButcherTableau
 
 __all__ = ["RungeKutta", "AdaptiveRungeKutta", "FixedStepRungeKutta", "Dopri5", "Tsit5", "Bosh3",
-           "Euler", "Midpoint", "RK4"]
+           "Euler", "Midpoint", "RK4", "RK4ThreeEighths", "Heun2", "Heun3", "Dopri8", "Fehlberg2",
+           "AdaptiveHeun"]
 
 _DEFAULT_MAX_STEPS = 1_000_000
 
@@ -137,6 +138,16 @@ def _max_steps(instance, attribute, value):
         )
 
 
+def require_step_size(solver: Solver) -> None:
+    """A fixed-step solver's ``dt`` has no default: say so, with the fix."""
+    if solver.dt is None:
+        kind = type(solver).__name__
+        raise odeplug.InvalidOptionError(
+            f"{kind} is a fixed-step solver and needs a step size: {kind}(dt=0.01). For error "
+            "control use Dopri5 or Tsit5."
+        )
+
+
 class RungeKutta(Solver):
     """Abstract: an explicit Runge–Kutta method given by its :class:`ButcherTableau`."""
 
@@ -201,11 +212,7 @@ class FixedStepRungeKutta(RungeKutta):
     max_steps: int = attrs.field(default=_DEFAULT_MAX_STEPS, validator=_max_steps)
 
     def __attrs_post_init__(self) -> None:
-        if self.dt is None:
-            raise odeplug.InvalidOptionError(
-                f"{type(self).__name__} is a fixed-step solver and needs a step size: "
-                f"{type(self).__name__}(dt=0.01). For error control use Dopri5 or Tsit5."
-            )
+        require_step_size(self)
 
 
 @configuration
@@ -247,9 +254,27 @@ class Midpoint(FixedStepRungeKutta):
 
 @configuration
 class RK4(FixedStepRungeKutta):
-    """The classical fourth-order Runge–Kutta method."""
+    """The classical fourth-order Runge–Kutta method (Kutta 1901). torchdiffeq's ``rk4`` is
+    :class:`RK4ThreeEighths`, not this one."""
 
     tableau = _methods.RK4
+
+
+@configuration
+class RK4ThreeEighths(FixedStepRungeKutta):
+    """Kutta's 3/8 rule, fourth order (Kutta, "Beitrag zur näherungsweisen Integration totaler
+    Differentialgleichungen", Z. Math. Phys. 46, 1901): torchdiffeq's ``rk4``, which takes the
+    same steps. Same order as :class:`RK4`, other coefficients (a smaller error constant)."""
+
+    tableau = _methods.RK4_THREE_EIGHTHS
+
+
+@configuration
+class Heun2(FixedStepRungeKutta):
+    """Heun's second-order method, the explicit trapezoidal rule (Z. Math. Phys. 45, 1900):
+    y1 = y0 + h/2 (f(t0, y0) + f(t0 + h, y0 + h f(t0, y0))); torchdiffeq's ``heun2``."""
+
+    tableau = _methods.HEUN2
 
 
 def register() -> None:
@@ -278,7 +303,7 @@ def register() -> None:
 
     odeplug.export(Dopri5, Tsit5, Bosh3, Euler, Midpoint, RK4, RungeKutta, AdaptiveRungeKutta,
                    FixedStepRungeKutta)
-    odeplug.export(Dopri8, Fehlberg2, AdaptiveHeun, Heun3)
+    odeplug.export(Dopri8, Fehlberg2, AdaptiveHeun, Heun3, RK4ThreeEighths, Heun2)
 
 
 @configuration
