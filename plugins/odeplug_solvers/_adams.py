@@ -44,7 +44,7 @@ from odeplug import Layout, Solver, Step, Stepper, StepState, VectorField, confi
 
 from . import _methods
 from ._solvers import (
-    _DEFAULT_MAX_STEPS, _max_steps, _non_negative, _positive, require_step_size,
+    _DEFAULT_MAX_STEPS, _non_negative, _positive, _positive_int, require_step_size,
 )
 from ._stepper import RungeKuttaStepper
 
@@ -87,13 +87,6 @@ def _order_in_range(instance, attribute, value):
         )
 
 
-def _positive_int(instance, attribute, value):
-    if not (isinstance(value, int) and value >= 1):
-        raise odeplug.InvalidOptionError(
-            f"{type(instance).__name__}: {attribute.name} must be a positive int, got {value!r}."
-        )
-
-
 @attrs.frozen(kw_only=True)
 class Adams(Solver):
     """Abstract: a fixed-step Adams method (torchdiffeq's ``explicit_adams``/``implicit_adams``).
@@ -110,7 +103,7 @@ class Adams(Solver):
     """
 
     dt: float = attrs.field(default=None, validator=_positive("dt"))
-    max_steps: int = attrs.field(default=_DEFAULT_MAX_STEPS, validator=_max_steps)
+    max_steps: int = attrs.field(default=_DEFAULT_MAX_STEPS, validator=_positive_int)
 
     def __attrs_post_init__(self) -> None:
         require_step_size(self)

@@ -131,10 +131,10 @@ def _norm_or_none(instance, attribute, value):
         )
 
 
-def _max_steps(instance, attribute, value):
+def _positive_int(instance, attribute, value):
     if not (isinstance(value, int) and value >= 1):
         raise odeplug.InvalidOptionError(
-            f"{type(instance).__name__}: max_steps must be a positive int, got {value!r}."
+            f"{type(instance).__name__}: {attribute.name} must be a positive int, got {value!r}."
         )
 
 
@@ -183,7 +183,7 @@ class AdaptiveRungeKutta(RungeKutta):
     first_step: float | None = attrs.field(default=None, validator=_positive("first_step"))
     min_step: float = attrs.field(default=0.0, validator=_min_step)
     max_step: float | None = attrs.field(default=None, validator=_max_step)
-    max_steps: int = attrs.field(default=_DEFAULT_MAX_STEPS, validator=_max_steps)
+    max_steps: int = attrs.field(default=_DEFAULT_MAX_STEPS, validator=_positive_int)
 
     def __attrs_post_init__(self) -> None:
         if max(_tolerance_values(self.rtol)) == 0 and max(_tolerance_values(self.atol)) == 0:
@@ -209,7 +209,7 @@ class FixedStepRungeKutta(RungeKutta):
     two ends and their slopes (F(t1, y1) is the next step's first stage: no extra evaluation)."""
 
     dt: float = attrs.field(default=None, validator=_positive("dt"))
-    max_steps: int = attrs.field(default=_DEFAULT_MAX_STEPS, validator=_max_steps)
+    max_steps: int = attrs.field(default=_DEFAULT_MAX_STEPS, validator=_positive_int)
 
     def __attrs_post_init__(self) -> None:
         require_step_size(self)
