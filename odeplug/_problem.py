@@ -8,6 +8,7 @@ from typing import Any, Union
 import torch
 
 from ._errors import InvalidArgumentError
+from ._events import check_event
 from ._layout import Layout
 from ._nouns import Noun, final
 
@@ -56,10 +57,18 @@ class ODEProblem(Problem):
             ``callback_reject_step_adjoint`` (backward solves of the adjoint rules), each called
             as ``(t0, y0, dt)``. Those methods on ``f`` itself (an ``nn.Module``, as with
             torchdiffeq) are called too, f's first. See docs/methods/step-control.md.
+        event: a terminal event: a function ``g(t, y)`` returning a floating tensor, each of
+            whose elements is an event function, or a sequence of such functions. The solve
+            ends at the first time t* in (ts[0], ts[-1]] where one of them crosses zero (each
+            must be nonzero at ts[0]); the :class:`Solution` then ends there: its ``ts`` are the
+            output times before t* followed by t*, its ``ys`` the states at those times,
+            ``event_t`` is t* and ``event_index`` the element of g that crossed. t* and y(t*)
+            are differentiable (through the implicit function theorem) with every gradient
+            rule, also in the tensors g reads. See docs/methods/events.md.
     """
 
     __slots__ = ("f", "y0", "ts", "params", "layout", "is_tuple", "direction", "stop_times",
-                 "jump_times", "callbacks", "_callbacks")
+                 "jump_times", "callbacks", "_callbacks", "event")
 
     def __init__(
         self,
@@ -71,6 +80,7 @@ class ODEProblem(Problem):
         stop_times: Sequence[float] | torch.Tensor | None = None,
         jump_times: Sequence[float] | torch.Tensor | None = None,
         callbacks: Any = None,
+        event: Callable[..., Any] | Sequence[Callable[..., Any]] | None = None,
     ) -> None:
         if not callable(f):
             raise InvalidArgumentError(
@@ -86,6 +96,17 @@ class ODEProblem(Problem):
         self.jump_times = _check_times("jump_times", jump_times, self.ts)
         self.callbacks = callbacks
         self._callbacks = _resolve_callbacks(f, callbacks)
+        self.event = check_event(event)
+
+    def without_event(self, until: torch.Tensor | None = None) -> ODEProblem:
+        """The same problem with no event; with ``until`` (a 0-d time inside the span), its
+        output times cut there: those before ``until``, then ``until`` itself (detached)."""
+        ts = self.ts
+        if until is not None:
+            before = (ts - until) * self.direction < 0
+            ts = torch.cat([ts[before], until.detach().to(ts.dtype).reshape(1)])
+        return ODEProblem(self.f, self.y0, ts, params=self.params, stop_times=self.stop_times,
+                          jump_times=self.jump_times, callbacks=self.callbacks)
 
     def step_callbacks(self, adjoint: bool = False) -> tuple[Any, Any, Any] | None:
         """The (step, accept, reject) callbacks as plain functions of (t_user, y_flat, dt),

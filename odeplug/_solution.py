@@ -19,7 +19,10 @@ class Stats(dict):
     Forward keys (every rule): ``nfe`` (function evaluations, including the initial-step probe
     and rejected steps), ``steps_accepted``, ``steps_rejected``. Gradient rules that run their own
     backward solve add ``nfe_backward``, ``steps_accepted_backward``, ``steps_rejected_backward``
-    and rule-specific counts when ``backward()`` runs. Keys are also readable as attributes.
+    and rule-specific counts when ``backward()`` runs. A problem with an ``event`` adds the
+    counts of the search for it (a graph-free solve before the rule's): ``nfe_event``,
+    ``steps_accepted_event``, ``steps_rejected_event`` and ``event_evaluations`` (calls of the
+    event function). Keys are also readable as attributes.
     """
 
     def __getattr__(self, name: str) -> Any:
@@ -41,8 +44,13 @@ class Solution:
             when ``y0`` is a tuple. Differentiable with the problem's gradient rule.
         ts: the output times.
         stats: :class:`Stats` (backward counts appear after ``backward()``).
+        event_t: for a problem with an ``event`` that happened, its time t* (a 0-d tensor,
+            differentiable); then ``ts`` ends with t* and ``ys`` with y(t*). ``None`` otherwise.
+        event_index: which element of the event function crossed zero at t*, or ``None``.
     """
 
     ys: torch.Tensor | tuple[torch.Tensor, ...]
     ts: torch.Tensor
     stats: Stats = attrs.field(factory=Stats)
+    event_t: torch.Tensor | None = None
+    event_index: int | None = None

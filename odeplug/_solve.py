@@ -56,6 +56,10 @@ def solve(
             f"solve: rule must be an odeplug.GradientRule instance such as odeplug.Direct(), got "
             f"{rule!r}."
         )
+    if getattr(problem, "event", None) is not None:
+        from ._events import solve_until_event
+
+        return solve_until_event(problem, solver, rule, options)
     return _verbs.solve(problem, solver, rule, **options)
 
 

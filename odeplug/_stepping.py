@@ -236,7 +236,8 @@ def advance(
     """Step until ``state.t >= t_target`` (at least one step); return the state and the last
     accepted step, which covers ``t_target``.
 
-    ``on_step`` sees every accepted step (checkpointing, per-step quadrature).
+    ``on_step`` sees every accepted step (checkpointing, per-step quadrature); when it returns
+    true, the loop stops after that step (an event has happened in it).
     ``land=True`` ends the last step exactly on ``t_target`` (see :meth:`Stepper.attempt`).
 
     Step callbacks (``stepper.field.callbacks``, resolved once per solve; nothing is done when
@@ -259,8 +260,8 @@ def advance(
             if len(status) > 4 and status[4]:
                 counts.forced += 1
             last = step
-            if on_step is not None:
-                on_step(step)
+            if on_step is not None and on_step(step):
+                return state, last
             if reached:
                 return state, last
         else:
@@ -310,8 +311,8 @@ def _advance_with_callbacks(
             if on_accept is not None:
                 on_accept(to_user(step.t0), step.y0, step.h)
             state, last = new_state, step
-            if on_step is not None:
-                on_step(step)
+            if on_step is not None and on_step(step):
+                return state, last
             if reached:
                 return state, last
         else:

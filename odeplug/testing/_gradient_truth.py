@@ -241,6 +241,28 @@ def _decreasing_times():
     return ODEProblem(_DECREASING, y0, ts), (y0, ts, *_DECREASING.parameters()), _squares
 
 
+_LEVEL = torch.tensor(0.35, dtype=F64, requires_grad=True)
+
+
+def _terminal_event():
+    # A damped oscillator stopped where its first coordinate falls to a learned level: the loss
+    # reads the event time and the state there, which move with y0, ts[0], w and the level
+    # (a tensor only the event function reads).
+    y0, ts, w = _y0(2, seed=24), _ts(0.0, 0.4, 6.0), _weights(2, 2, seed=25, scale=0.2)
+    y0 = y0 * 0.1 + torch.tensor([1.0, 0.0], dtype=F64)
+
+    def f(t, y):
+        return torch.stack([y[1], -y[0] - 0.1 * y[1]]) + w @ y
+
+    def level_crossed(t, y):
+        return y[0] - _LEVEL
+
+    def loss(sol):  # noqa: ANN001, ANN202
+        return _squares(sol) + sol.event_t**2
+
+    return ODEProblem(f, y0, ts, event=level_crossed), (y0, ts, w, _LEVEL), loss
+
+
 _DROPOUT = _Mlp(3, 8, seed=19, dropout=0.3)
 
 
@@ -290,6 +312,7 @@ def gradient_cases() -> tuple[GradientCase, ...]:
         GradientCase("parameter read only after a jump", _read_only_later_in_a_module, tight),
         GradientCase("closure read only after a jump, decreasing times",
                      _read_only_later_in_a_closure, tight),
+        GradientCase("terminal event with a learned level", _terminal_event, tight),
         # A fixed step: with new masks at every evaluation, error control would never settle.
         GradientCase("Dropout in f", _dropout, exported()["RK4"](dt=0.05), outcome="randomness",
                      seed=23),

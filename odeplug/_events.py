@@ -1,0 +1,272 @@
+"""Terminal events: end a solve where an event function g(t, y(t)) crosses zero, with the event
+time t* differentiable (Chen, Amos & Nickel, "Learning Neural Event Functions for Ordinary
+Differential Equations", ICLR 2021).
+
+A solve with an event runs in two parts, so that every gradient rule applies unchanged:
+
+1. *Locate* (no graph): the solver steps from ``ts[0]`` towards ``ts[-1]``, evaluating g at the
+   end of every accepted step. When some component of g has changed sign, its root in that
+   step is found on the solver's dense output by the Illinois variant of regula falsi, to the
+   resolution of the time dtype. No crossing before ``ts[-1]``: no event.
+2. *Differentiate*: the problem is solved again by the gradient rule, with the output times
+   cut at t* and t* (detached) as the last one, so y* = Y(t*; p) carries ∂Y/∂p at fixed t* for
+   every input p (y0, θ, ts[0]).
+
+t* is defined implicitly by G(t*, p) = g(t*, Y(t*; p); φ) = 0, where φ are the tensors g reads.
+By the implicit function theorem
+
+    dt*/dp = −(g_y · ∂Y/∂p + g_φ) / (g_t + g_y · f(t*, y*)),
+
+and the returned state y(t*) = Y(t*(p); p) has dy*/dp = ∂Y/∂p + f · dt*/dp. So for a loss L
+with dL/dt* = a and dL/dy* = b, and λ = −(a + b · f) / (g_t + g_y · f),
+
+    dL/dp = (b + λ g_y) · ∂Y/∂p + λ g_φ,
+
+which :class:`_EventTime` hands to autograd: (b + λ g_y) as the gradient of y* (which the rule
+then carries to y0, θ and ts[0]) and λ g_φ to the event function's own tensors.
+
+A component that crosses zero twice inside one step is missed, as in torchdiffeq and diffrax;
+a smaller ``max_step`` or tighter tolerances resolve it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import _verbs
+from ._errors import InvalidArgumentError, SolveError, UnsupportedCombinationError
+from ._inputs import field_inputs, held_tensors
+from ._integrate import check_stops, solver_times
+from ._solution import Solution, Stats
+from ._stepping import Counts, Step, VectorField, advance
+
+__all__ = ["check_event", "event_state", "event_values", "locate_event", "solve_until_event"]
+
+# Regula falsi iterations before giving up on the root (each halves the bracket at worst every
+# few steps, so this is far more than a float64 time ever needs).
+_MAX_ROOT_ITERATIONS = 200
+
+
+def check_event(event: Any) -> Callable[..., Any] | tuple[Callable[..., Any], ...] | None:
+    """The ``event`` argument of :class:`odeplug.ODEProblem`: ``None``, a callable, or a
+    non-empty sequence of callables (kept as a tuple)."""
+    if event is None or callable(event):
+        return event
+    if isinstance(event, (list, tuple)) and event and all(callable(g) for g in event):
+        return tuple(event)
+    raise InvalidArgumentError(
+        f"ODEProblem: event must be a function g(t, y) returning a tensor (each element an event "
+        f"function; the solve ends when any crosses zero) or a sequence of such functions, got "
+        f"{type(event).__name__}."
+    )
+
+
+def event_values(problem: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """g on (user time, flat state) → a 1-D tensor: every event function's value."""
+    event, unflatten = problem.event, problem.unflatten
+    functions = event if isinstance(event, tuple) else (event,)
+
+    def values(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        state = unflatten(y)
+        parts = []
+        for g in functions:
+            value = g(t, state)
+            if not isinstance(value, torch.Tensor) or not torch.is_floating_point(value):
+                raise InvalidArgumentError(
+                    f"ODEProblem: the event function {getattr(g, '__name__', g)!r} returned "
+                    f"{type(value).__name__ if not isinstance(value, torch.Tensor) else value.dtype}; "
+                    "it must return a floating-point tensor (one element per event function)."
+                )
+            parts.append(value.reshape(-1))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    return values
+
+
+def solve_until_event(problem: Any, solver: Any, rule: Any, options: dict[str, Any]) -> Solution:
+    """:func:`odeplug.solve` for a problem with an ``event``: locate it, then solve up to it with
+    ``rule`` and make the event time and state differentiable (see the module docstring)."""
+    t_event, counts = locate_event(problem, solver)
+    cut = problem.without_event(until=t_event)
+    solution = _verbs.solve(cut, solver, rule, **options)
+    stats: Stats = solution.stats
+    stats.update(counts)
+    if t_event is None:
+        return Solution(solution.ys, solution.ts, stats)
+    parts = solution.ys if problem.is_tuple else (solution.ys,)
+    y_event = problem.layout.flatten(tuple(p[-1] for p in parts))
+    t_out, y_out, index = event_state(problem, t_event, y_event)
+    ends = problem.layout.unflatten(y_out.unsqueeze(0))
+    ys = tuple(torch.cat([p[:-1], e]) for p, e in zip(parts, ends))
+    ts = torch.cat([solution.ts[:-1], t_out.reshape(1)])
+    return Solution(ys if problem.is_tuple else ys[0], ts, stats, event_t=t_out, event_index=index)
+
+
+def event_state(
+    problem: Any, t_event: torch.Tensor, y_event: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(t*, y*, index) from the event time found by :func:`locate_event` (detached) and the
+    flat state there as a gradient rule computed it (∂Y/∂p at fixed t*): t* and y* then carry
+    the total derivatives of the module docstring; ``index`` is the event function that
+    crossed (the least of them, each signed to start positive)."""
+    values = event_values(problem)
+    with torch.no_grad():
+        signs = torch.sign(values(problem.ts[0].to(problem.dtype), problem.flat_y0()))
+        index = int(torch.argmin(values(t_event.to(problem.dtype), y_event) * signs))
+    event_inputs = _event_inputs(problem, values, t_event, y_event)
+    spec = (problem.flat_field(), values, index)
+    t_out, y_out = _EventTime.apply(spec, t_event.detach(), y_event, *event_inputs)
+    return t_out, y_out, index
+
+
+def locate_event(problem: Any, solver: Any) -> tuple[torch.Tensor | None, dict[str, int]]:
+    """Step without a graph from ``ts[0]`` until some event function changes sign; return
+    (t* in the dtype of ``ts``, or ``None`` when none does by ``ts[-1]``; the counts of this
+    search: ``nfe_event``, ``steps_accepted_event``, ``steps_rejected_event``,
+    ``event_evaluations``)."""
+    values = event_values(problem)
+    # Step callbacks belong to the solve the user sees (the rule's), not to this search.
+    field = VectorField(problem.flat_field(), problem.direction, callbacks=(None, None, None))
+    try:
+        stepper = _verbs.make_stepper(solver, field, problem.layout)
+    except UnsupportedCombinationError as error:
+        raise UnsupportedCombinationError(
+            f"events are located on the solver's own steps and dense output, which {solver!r} "
+            f"does not expose: {error}"
+        ) from None
+    check_stops(stepper)
+    s = solver_times(problem.ts, problem.direction)
+    counts, calls = Counts(), [0]
+    to_user, dtype = field.to_user_time, problem.dtype
+
+    def g(t_solver: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return values(to_user(t_solver).to(dtype), y)
+
+    with torch.no_grad():
+        y0 = problem.flat_y0().detach()
+        start = g(s[0], y0)
+        if not bool((start != 0).all()):
+            raise InvalidArgumentError(
+                f"ODEProblem: event function {int(torch.nonzero(start == 0)[0, 0])} is zero at the "
+                f"initial time t={float(problem.ts[0]):.6g}, so no crossing can be told from it; "
+                "start the solve where every event function is nonzero (e.g. just after the event)."
+            )
+        # Every component made positive at the start: the event is where the least one reaches 0.
+        signs = torch.sign(start)
+        crossing: list[Step] = []
+
+        def crossed(step: Step) -> bool:
+            if bool((g(step.t1, step.y1) * signs).min() <= 0):
+                crossing.append(step)
+                return True
+            return False
+
+        state = stepper.start(s[0], y0, s[-1])
+        advance(stepper, state, s[-1], counts, on_step=crossed)
+        located = None
+        if crossing:
+            step = crossing[0]
+            t_root = _root(lambda t: (g(t, stepper.interpolate(step, t)) * signs).min(), step.t0, step.t1)
+            if bool(t_root <= s[-1]):
+                located = to_user(t_root).to(problem.ts.dtype)
+    stats = {"nfe_event": field.nfe, "steps_accepted_event": counts.accepted,
+             "steps_rejected_event": counts.rejected, "event_evaluations": calls[0]}
+    return located, stats
+
+
+def _root(
+    combined: Callable[[torch.Tensor], torch.Tensor], a: torch.Tensor, b: torch.Tensor
+) -> torch.Tensor:
+    """The end ``b`` of a bracket [a, b] with combined(a) > 0 ≥ combined(b), narrowed by the
+    Illinois method (regula falsi that halves the value kept at the end not moved twice running)
+    with a bisection every fourth iteration, until the bracket is a few ulps of the time dtype
+    wide. Returns the side where the event has happened (combined ≤ 0)."""
+    fa, fb = combined(a), combined(b)
+    eps = torch.finfo(a.dtype).eps
+    kept_end = 0  # +1: a kept last time, −1: b kept last time
+    for iteration in range(_MAX_ROOT_ITERATIONS):
+        if bool(fb == 0) or bool(b - a <= 4 * eps * torch.maximum(a.abs(), b.abs()).clamp(min=1.0)):
+            break
+        m = b - fb * (b - a) / (fb - fa)
+        if iteration % 4 == 3 or not bool((m > a) & (m < b)):
+            m = (a + b) / 2
+        fm = combined(m)
+        if bool(fm <= 0):
+            b, fb = m, fm
+            if kept_end == 1:
+                fa = fa / 2
+            kept_end = 1
+        else:
+            a, fa = m, fm
+            if kept_end == -1:
+                fb = fb / 2
+            kept_end = -1
+    else:
+        raise SolveError(
+            f"the event's root was not located to round-off in {_MAX_ROOT_ITERATIONS} iterations "
+            f"(bracket [{float(a):.17g}, {float(b):.17g}]); the event function may not be "
+            "continuous along the solution."
+        )
+    return b
+
+
+def _event_inputs(
+    problem: Any, values: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    t_event: torch.Tensor, y_event: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """The tensors requiring grad the event functions read or hold (their parameters, closures):
+    they get λ g_φ."""
+    event = problem.event
+    held = [t for g in (event if isinstance(event, tuple) else (event,)) for t in held_tensors(g)]
+    return field_inputs(values, t_event.to(problem.dtype), y_event, held=held).tensors
+
+
+class _EventTime(torch.autograd.Function):
+    """(t*, y*) ↦ (t*, y*) in the forward; the backward reroutes dL/dt* and dL/dy* through the
+    implicit function theorem (module docstring): (b + λ g_y) to y*, λ g_φ to φ."""
+
+    @staticmethod
+    def forward(ctx: Any, spec: tuple, t_event: torch.Tensor, y_event: torch.Tensor,
+                *event_inputs: torch.Tensor):
+        ctx.spec = spec
+        ctx.save_for_backward(t_event, y_event, *event_inputs)
+        return t_event.clone(), y_event.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_t: torch.Tensor, grad_y: torch.Tensor):
+        if torch.is_grad_enabled():  # create_graph=True: this backward is not differentiable
+            raise UnsupportedCombinationError(
+                "second derivatives through an event time are not supported (the backward of "
+                "the implicit function theorem is not itself differentiated); take first "
+                "derivatives only, or solve to a fixed end time for higher ones."
+            )
+        field, values, index = ctx.spec
+        t_event, y_event, *event_inputs = ctx.saved_tensors
+        with torch.enable_grad():
+            t = t_event.detach().to(y_event.dtype).requires_grad_()
+            y = y_event.detach().requires_grad_()
+            c = values(t, y)[index]
+            wrt = (t, y, *event_inputs)
+            # An event function read through no differentiable operation has zero partials.
+            g_t, g_y, *g_inputs = (torch.autograd.grad(c, wrt, allow_unused=True) if c.requires_grad
+                                   else (None,) * len(wrt))
+        with torch.no_grad():
+            f = field(t.detach(), y.detach())
+        g_t = torch.zeros_like(t) if g_t is None else g_t
+        g_y = torch.zeros_like(y) if g_y is None else g_y
+        slope = g_t + (g_y * f).sum()  # dG/dt along the solution
+        if not bool(slope != 0):
+            raise SolveError(
+                f"event function {index} has a zero rate of change along the solution at its "
+                f"crossing t*={float(t_event):.6g} (it touches zero there, or jumps across it "
+                "without depending on t and y smoothly), so the event time has no derivative; "
+                "use an event function that crosses zero with a nonzero slope."
+            )
+        weight = -(grad_t.to(y.dtype) + (grad_y * f).sum()) / slope
+        grad_y_event = grad_y + weight * g_y
+        grads_inputs = tuple(None if g is None else weight.to(g.dtype) * g for g in g_inputs)
+        return None, None, grad_y_event, *grads_inputs
