@@ -254,3 +254,21 @@ def test_event_mode_mistakes_are_refused_with_the_fix():
         compat.odeint_event(Drag(), y0, torch.tensor(0.0, dtype=F64), event_fn=None)
     with pytest.raises(op.InvalidArgumentError, match="t0 must be a one-element tensor"):
         compat.odeint_event(Drag(), y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=event_fn)
+
+
+def test_augmentation_keeps_the_event_on_the_original_channels():
+    h0, v0, g, level = leaves(10.0, 2.0, 9.81, 1.5)
+    problem = op.ODEProblem(falling(g), torch.stack([h0, v0]), torch.tensor([0.0, 5.0], dtype=F64),
+                            event=[lambda t, y: y[0] - level])
+    widened = op.augment(problem, op.ZeroAugmentation(2))
+
+    def field(t, y):  # the falling body on the first two channels, the added ones still
+        return torch.cat([falling(g)(t, y[:2]), torch.zeros_like(y[2:])])
+
+    sol = op.solve(op.ODEProblem(field, widened.y0, widened.ts, event=widened.event), TIGHT, op.ACA())
+    t_exact = exact_landing(h0, v0, g, level, 1.0)
+    torch.testing.assert_close(sol.event_t, t_exact.detach(), rtol=1e-11, atol=1e-11)
+    got = torch.autograd.grad(sol.event_t, (h0, v0, g, level))
+    want = torch.autograd.grad(t_exact, (h0, v0, g, level))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)

@@ -65,6 +65,7 @@ def register() -> None:
         return ODEProblem(
             problem.f, y0, problem.ts, params=problem.params, stop_times=problem.stop_times,
             jump_times=problem.jump_times, callbacks=problem.callbacks,
+            event=_on_original_channels(problem.event, augmentation),
         )
 
     @odeplug.register
@@ -100,3 +101,20 @@ def register() -> None:
         CDEProblem, SecondOrderProblem, ControlPath, PiecewisePolynomialPath, Interpolation,
         NaturalCubicSpline, LinearInterpolation, Augmentation, ZeroAugmentation,
     )
+
+
+def _on_original_channels(event, augmentation: Augmentation):  # noqa: ANN001, ANN202
+    """A problem's event functions, reading the original channels of the widened state (the
+    event is a property of the model's state, not of the added channels)."""
+    if event is None:
+        return None
+
+    def projected(g):  # noqa: ANN001, ANN202
+        def on_original(t, y):  # noqa: ANN001, ANN202
+            return g(t, augmentation.project(y))
+
+        return on_original
+
+    if isinstance(event, tuple):
+        return tuple(map(projected, event))
+    return projected(event)
