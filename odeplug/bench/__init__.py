@@ -45,7 +45,7 @@ def task(name: str, summary: str) -> Callable[[Callable[[BenchOptions], list[dic
 
 
 def tasks() -> dict[str, tuple[Callable[[BenchOptions], list[dict[str, Any]]], str]]:
-    from . import _overhead, _sines  # noqa: F401  (built-in tasks register on import)
+    from . import _jumps, _overhead, _sines  # noqa: F401  (built-in tasks register on import)
     from .._plugins import ensure_loaded
 
     ensure_loaded()

@@ -25,8 +25,9 @@ class SDEProblem(Problem):
     :func:`odeplug.wong_zakai`), or as an SDE with :class:`odeplug.SDESolver` (torchsde).
 
     Args:
-        drift: f, called as ``drift(t, z)`` with ``t`` a 0-d tensor and ``z`` shaped like ``y0``;
-            returns a tensor of ``y0``'s shape.
+        drift: f, called as ``drift(t, z)`` with ``t`` a 0-d tensor and ``z`` shaped like ``y0``
+            (or wider in its last dimension, when ``augment`` is applied after ``wong_zakai``);
+            returns a tensor of ``z``'s shape. Shapes are checked against ``z`` on the first call.
         diffusion: g, called as ``diffusion(t, z)``. With ``noise="diagonal"`` it returns a tensor
             of ``y0``'s shape and each state element has its own Brownian motion (g ∘ dW is
             elementwise). With ``noise="general"`` it returns ``(*y0.shape, m)`` and the Brownian
@@ -127,18 +128,29 @@ class SDEProblem(Problem):
     @property
     def diffusion_shape(self) -> tuple[int, ...]:
         """The shape g(t, z) must have: y0's (diagonal) or (*y0.shape, m) (general)."""
-        shape = tuple(self.y0.shape)
-        return shape if self.noise == "diagonal" else (*shape, self.noise_shape[-1])
+        return self.diffusion_shape_for(tuple(self.y0.shape))
+
+    def diffusion_shape_for(self, state_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape g(t, z) must have for a state z of ``state_shape``: z's (diagonal) or
+        (*z.shape, m) (general)."""
+        return state_shape if self.noise == "diagonal" else (*state_shape, self.noise_shape[-1])
 
     def checked(self, which: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``drift`` or ``diffusion`` with its first output checked for shape and dtype."""
+        """``drift`` or ``diffusion`` with its first output checked for shape and dtype.
+
+        The expected shape comes from the state ``z`` the function is called on, not from ``y0``:
+        a transform applied after :func:`odeplug.wong_zakai` (an augmentation, say) may call it on
+        a widened state, and f and g then return that state's shape.
+        """
+        if which not in ("drift", "diffusion"):
+            raise ValueError(f"SDEProblem.checked: which must be 'drift' or 'diffusion', got {which!r}.")
         fn = self.drift if which == "drift" else self.diffusion
-        shape = tuple(self.y0.shape) if which == "drift" else self.diffusion_shape
-        dtype = self.dtype
+        expected_shape = (lambda state: state) if which == "drift" else self.diffusion_shape_for
         noise = self.noise
 
         def first(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
             out = fn(t, z)
+            shape = expected_shape(tuple(z.shape))
             if not isinstance(out, torch.Tensor):
                 raise InvalidArgumentError(
                     f"SDEProblem: {which} returned {type(out).__name__}; it must return a tensor "
@@ -148,15 +160,16 @@ class SDEProblem(Problem):
                 hint = (
                     "the drift must have the state's shape" if which == "drift" else
                     "with noise='diagonal' g(t, z) has the state's shape" if noise == "diagonal"
-                    else "with noise='general' g(t, z) has shape (*y0.shape, brownian_size)"
+                    else "with noise='general' g(t, z) has shape (*z.shape, brownian_size)"
                 )
                 raise InvalidArgumentError(
-                    f"SDEProblem: {which} returned shape {tuple(out.shape)}, expected {shape}: {hint}."
+                    f"SDEProblem: {which}(t, z) returned shape {tuple(out.shape)} for a state z of "
+                    f"shape {tuple(z.shape)}, expected {shape}: {hint}."
                 )
-            if out.dtype != dtype:
+            if out.dtype != z.dtype:
                 raise InvalidArgumentError(
-                    f"SDEProblem: {which} returned dtype {out.dtype}, but the state is {dtype}; "
-                    f"cast the output (or the model: model.to({dtype}))."
+                    f"SDEProblem: {which} returned dtype {out.dtype}, but the state is {z.dtype}; "
+                    f"cast the output (or the model: model.to({z.dtype}))."
                 )
             call.fn = fn
             return out

@@ -210,6 +210,7 @@ def wong_zakai_path(problem: SDEProblem, path: WienerPath) -> ODEProblem:
                 f"{tuple(db.shape) if isinstance(db, torch.Tensor) else type(db).__name__}, "
                 f"expected a tensor of shape {problem.noise_shape}."
             )
+        _check_state_fits_noise(problem, tuple(z.shape))
         field.call = fast
         return drift(t, z) + noise_term(diffusion(t, z), db)
 
@@ -228,6 +229,26 @@ def wong_zakai_path(problem: SDEProblem, path: WienerPath) -> ODEProblem:
 
     field.call = first  # type: ignore[attr-defined]
     return ODEProblem(field, problem.y0, problem.ts, params=problem.params)
+
+
+def _check_state_fits_noise(problem: SDEProblem, state_shape: tuple[int, ...]) -> None:
+    """The state the field is called on may be wider than y0 (a transform applied after
+    wong_zakai, e.g. an augmentation); g · dB/dt must still pair each channel with its noise."""
+    noise_shape = problem.noise_shape
+    if problem.noise == "diagonal" and state_shape != noise_shape:
+        raise InvalidArgumentError(
+            f"wong_zakai: the field was called on a state of shape {state_shape}, but with "
+            f"noise='diagonal' each state element needs its own Brownian motion and the path has "
+            f"shape {noise_shape}. Transform the SDE before wong_zakai (e.g. "
+            "wong_zakai(augment(sde, augmentation), ...), which samples noise for the added "
+            "channels too), or use noise='general', whose Brownian motion keeps its shape."
+        )
+    if problem.noise == "general" and state_shape[:-1] != noise_shape[:-1]:
+        raise InvalidArgumentError(
+            f"wong_zakai: the field was called on a state of shape {state_shape}, but with "
+            f"noise='general' the Brownian motion has shape {noise_shape}, one per row of the "
+            "state: only the last (channel) dimension of the state may change after wong_zakai."
+        )
 
 
 def wong_zakai_approximation(
