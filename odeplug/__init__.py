@@ -44,8 +44,9 @@ from ._stepping import Counts, Step, Stepper, StepState, VectorField, advance
 from ._integrate import integrate, solve_forward, solver_times
 from ._verbs import (
     augment, controlled, exact_degree, first_order, interpolate, make_stepper, norm, order,
-    quadrature, sample, terms, wong_zakai,
+    quadrature, sample, solve_until_event, terms, wong_zakai,
 )
+from ._events import solve_forward_until_event
 from ._quadrature import scaled_quadrature
 from ._norm import resolve_norm
 
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     from odeplug_sde import KarhunenLoeve, KarhunenLoevePath, SDEProblem, SDESolver, WienerPath
     from odeplug_solvers import (
         RK4, Adams, AdaptiveHeun, AdaptiveRungeKutta, Bosh3, Dopri5, Dopri8, Euler, ExplicitAdams,
-        Fehlberg2, FixedStepRungeKutta, Heun2, Heun3, ImplicitAdams, Midpoint, RK4ThreeEighths,
+        Fehlberg2, FixedStep, FixedStepRungeKutta, Heun2, Heun3, ImplicitAdams, Midpoint, RK4ThreeEighths,
         RungeKutta, Tsit5,
     )
     from odeplug_torchdiffeq import TorchDiffEq
@@ -82,10 +83,10 @@ __all__ = [
     "register", "resolve", "resolve_norm", "export", "plugins", "PluginInfo", "PluginLoadWarning",
     "make_stepper", "norm", "quadrature", "scaled_quadrature", "terms", "sample", "wong_zakai",
     "order", "exact_degree", "interpolate", "controlled", "first_order", "augment",
-    "configuration", "final", "reject_options",
+    "solve_until_event", "configuration", "final", "reject_options",
     # the stepping contract
     "Layout", "Block", "VectorField", "Stepper", "StepState", "Step", "Counts", "advance",
-    "integrate", "solve_forward", "solver_times",
+    "integrate", "solve_forward", "solve_forward_until_event", "solver_times",
     # errors
     "OdeplugError", "InvalidArgumentError", "InvalidOptionError", "UnsupportedCombinationError",
     "PluginError", "PluginNameNotLoadedError", "SolveError", "NonFiniteStateError",

@@ -34,16 +34,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import torch
 
 from . import _verbs
 from ._errors import InvalidArgumentError, SolveError, UnsupportedCombinationError
 from ._inputs import field_inputs, held_tensors
-from ._integrate import check_stops, solver_times
+from ._integrate import check_stops, forward_stats, solver_times
 from ._solution import Solution, Stats
-from ._stepping import Counts, Step, VectorField, advance
+from ._stepping import Counts, Step, Stepper, VectorField, advance
 
-__all__ = ["check_event", "event_state", "event_values", "locate_event", "solve_until_event"]
+__all__ = [
+    "check_event", "event_state", "event_values", "locate_event", "locate_then_solve",
+    "solve_forward_until_event",
+]
 
 # Regula falsi iterations before giving up on the root (each halves the bracket at worst every
 # few steps, so this is far more than a float64 time ever needs).
@@ -86,7 +90,7 @@ def event_values(problem: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     return values
 
 
-def solve_until_event(problem: Any, solver: Any, rule: Any, options: dict[str, Any]) -> Solution:
+def locate_then_solve(problem: Any, solver: Any, rule: Any, options: dict[str, Any]) -> Solution:
     """:func:`odeplug.solve` for a problem with an ``event``: locate it, then solve up to it with
     ``rule`` and make the event time and state differentiable (see the module docstring)."""
     t_event, counts = locate_event(problem, solver)
@@ -127,9 +131,59 @@ def locate_event(problem: Any, solver: Any) -> tuple[torch.Tensor | None, dict[s
     (t* in the dtype of ``ts``, or ``None`` when none does by ``ts[-1]``; the counts of this
     search: ``nfe_event``, ``steps_accepted_event``, ``steps_rejected_event``,
     ``event_evaluations``)."""
+    with torch.no_grad():
+        run = _integrate_until_event(problem, solver, read_outputs=False)
+    stats = {"nfe_event": run.nfe, "steps_accepted_event": run.counts.accepted,
+             "steps_rejected_event": run.counts.rejected, "event_evaluations": run.evaluations}
+    return run.t_event, stats
+
+
+def solve_forward_until_event(problem: Any, solver: Any) -> Solution:
+    """The event solve of a rule that differentiates through the solver's own operations
+    (Direct): one forward under autograd that reads the outputs before t*, locates t* without a
+    graph and reads y(t*) from the dense output at the detached t*, so that ∂Y/∂p at fixed t*
+    is on the graph; then t* and y* are made differentiable as in :func:`locate_then_solve`.
+    Half the evaluations of locating first and solving again."""
+    run = _integrate_until_event(problem, solver, read_outputs=True)
+    stats = forward_stats(run.field, run.counts, run.stepper)
+    stats["event_evaluations"] = run.evaluations
+    ys = torch.cat(run.outputs)
+    if run.t_event is None:
+        return Solution(problem.unflatten(ys), problem.ts, stats)
+    t_out, y_out, index = event_state(problem, run.t_event, ys[-1])
+    ys = torch.cat([ys[:-1], y_out.unsqueeze(0)])
+    ts = torch.cat([problem.ts[: len(ys) - 1], t_out.reshape(1)])
+    return Solution(problem.unflatten(ys), ts, stats, event_t=t_out, event_index=index)
+
+
+@attrs.define
+class _EventRun:
+    """What :func:`_integrate_until_event` found: t* (``None``: no event by ``ts[-1]``), the
+    flat outputs at the output times before it and, last, y at the detached t* (when read), the
+    stepper, its field and counts, and the number of event-function evaluations."""
+
+    t_event: torch.Tensor | None
+    outputs: list[torch.Tensor]
+    stepper: Stepper
+    field: VectorField
+    counts: Counts
+    evaluations: int
+
+    @property
+    def nfe(self) -> int:
+        return self.field.nfe
+
+
+def _integrate_until_event(problem: Any, solver: Any, *, read_outputs: bool) -> _EventRun:
+    """Step from ``ts[0]``, evaluating the event functions (without a graph) at the end of every
+    accepted step, until the least of them (each signed to start positive) reaches zero; find
+    the root in that step on the dense output. With ``read_outputs``, the outputs at the output
+    times passed are read as the steps go (on whatever graph is active), and the step
+    callbacks are called; without, this is a search only (no callbacks: they belong to the
+    solve the user sees)."""
     values = event_values(problem)
-    # Step callbacks belong to the solve the user sees (the rule's), not to this search.
-    field = VectorField(problem.flat_field(), problem.direction, callbacks=(None, None, None))
+    field = VectorField(problem.flat_field(), problem.direction,
+                        callbacks=None if read_outputs else (None, None, None))
     try:
         stepper = _verbs.make_stepper(solver, field, problem.layout)
     except UnsupportedCombinationError as error:
@@ -144,38 +198,52 @@ def locate_event(problem: Any, solver: Any) -> tuple[torch.Tensor | None, dict[s
 
     def g(t_solver: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         calls[0] += 1
-        return values(to_user(t_solver).to(dtype), y)
+        with torch.no_grad():
+            return values(to_user(t_solver).to(dtype), y)
 
-    with torch.no_grad():
-        y0 = problem.flat_y0().detach()
-        start = g(s[0], y0)
-        if not bool((start != 0).all()):
-            raise InvalidArgumentError(
-                f"ODEProblem: event function {int(torch.nonzero(start == 0)[0, 0])} is zero at the "
-                f"initial time t={float(problem.ts[0]):.6g}, so no crossing can be told from it; "
-                "start the solve where every event function is nonzero (e.g. just after the event)."
-            )
-        # Every component made positive at the start: the event is where the least one reaches 0.
-        signs = torch.sign(start)
-        crossing: list[Step] = []
+    y0 = problem.flat_y0()
+    start = g(s[0], y0)
+    if not bool((start != 0).all()):
+        raise InvalidArgumentError(
+            f"ODEProblem: event function {int(torch.nonzero(start == 0)[0, 0])} is zero at the "
+            f"initial time t={float(problem.ts[0]):.6g}, so no crossing can be told from it; "
+            "start the solve where every event function is nonzero (e.g. just after the event)."
+        )
+    # Every component made positive at the start: the event is where the least one reaches 0.
+    signs = torch.sign(start)
+    outputs, crossing, reached = [y0.unsqueeze(0)], [], [1]  # reached: outputs read so far
 
-        def crossed(step: Step) -> bool:
-            if bool((g(step.t1, step.y1) * signs).min() <= 0):
-                crossing.append(step)
-                return True
-            return False
+    def read(step: Step, until: torch.Tensor, right: bool) -> None:
+        k = reached[0]
+        j = max(int(torch.searchsorted(s, until.to(s.dtype), right=right)), k)
+        if j > k:
+            outputs.append(stepper.interpolate(step, s[k:j]))
+            reached[0] = j
 
-        state = stepper.start(s[0], y0, s[-1])
-        advance(stepper, state, s[-1], counts, on_step=crossed)
-        located = None
-        if crossing:
-            step = crossing[0]
-            t_root = _root(lambda t: (g(t, stepper.interpolate(step, t)) * signs).min(), step.t0, step.t1)
-            if bool(t_root <= s[-1]):
-                located = to_user(t_root).to(problem.ts.dtype)
-    stats = {"nfe_event": field.nfe, "steps_accepted_event": counts.accepted,
-             "steps_rejected_event": counts.rejected, "event_evaluations": calls[0]}
-    return located, stats
+    def on_step(step: Step) -> bool:
+        if bool((g(step.t1, step.y1) * signs).min() <= 0):
+            crossing.append(step)
+            return True
+        if read_outputs:
+            read(step, step.t1, right=True)
+        return False
+
+    advance(stepper, stepper.start(s[0], y0, s[-1]), s[-1], counts, on_step=on_step)
+    t_event = None
+    if crossing:
+        step = crossing[0]
+        with torch.no_grad():  # t* is a constant of the graph: its derivative is _EventTime's
+            t_root = _root(lambda t: (g(t, stepper.interpolate(step, t)) * signs).min(),
+                           step.t0.detach(), step.t1.detach())
+        if bool(t_root <= s[-1]):
+            t_event = to_user(t_root).to(problem.ts.dtype)
+            if read_outputs:  # the outputs strictly before t*, then y at t* (as the user's dtype)
+                read(step, t_root, right=False)
+                t_solver = solver_times(t_event.reshape(1), problem.direction)
+                outputs.append(stepper.interpolate(step, t_solver))
+        elif read_outputs:  # a crossing past the end: the step covers every output left
+            read(step, s[-1], right=True)
+    return _EventRun(t_event, outputs, stepper, field, counts, calls[0])
 
 
 def _root(

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from . import _verbs
+from ._dispatch import register
 from ._errors import InvalidArgumentError
+from ._events import locate_then_solve
 from ._nouns import GradientRule, Solver
 from ._plugins import ensure_loaded, exported
-from ._problem import Problem
+from ._problem import ODEProblem, Problem
 from ._solution import Solution
 
 __all__ = ["solve"]
@@ -57,10 +59,13 @@ def solve(
             f"{rule!r}."
         )
     if getattr(problem, "event", None) is not None:
-        from ._events import solve_until_event
-
-        return solve_until_event(problem, solver, rule, options)
+        return _verbs.solve_until_event(problem, solver, rule, **options)
     return _verbs.solve(problem, solver, rule, **options)
+
+
+@register
+def solve_until_event(problem: ODEProblem, solver: Solver, rule: GradientRule, **options):
+    return locate_then_solve(problem, solver, rule, options)
 
 
 def reject_options(where: str, options: dict[str, Any]) -> None:

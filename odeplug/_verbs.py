@@ -6,7 +6,7 @@ from ._dispatch import generic
 
 __all__ = [
     "solve", "make_stepper", "norm", "quadrature", "terms", "sample", "wong_zakai", "order",
-    "exact_degree", "interpolate", "controlled", "first_order", "augment",
+    "exact_degree", "interpolate", "controlled", "first_order", "augment", "solve_until_event",
 ]
 
 
@@ -18,6 +18,15 @@ def solve(problem, solver, rule):
     Keyword options given to :func:`odeplug.solve` are passed on to the method, which must
     reject any it does not know.
     """
+
+
+@generic
+def solve_until_event(problem, solver, rule):
+    """:func:`solve` for a problem whose ``event`` is set: the Solution up to the first event
+    (or ``ts[-1]``), with the event time and state differentiable. The core's method serves
+    every rule: locate the event without a graph, solve to it with the rule, then differentiate
+    t* by the implicit function theorem (``odeplug._events``). A rule that can do it in one
+    pass registers its own (Direct does)."""
 
 
 @generic

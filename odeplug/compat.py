@@ -21,7 +21,8 @@ import attrs
 import torch
 
 from ._dispatch import register
-from ._errors import InvalidArgumentError, InvalidOptionError, UnsupportedCombinationError
+from ._errors import InvalidArgumentError, InvalidOptionError, SolveError, UnsupportedCombinationError
+from ._events import event_state, locate_event
 from ._layout import Layout
 from ._nouns import GradientRule, Norm, Solver, configuration
 from ._plugins import exported
@@ -72,12 +73,13 @@ def odeint(
     solver, as torchdiffeq's ``odeint``). ``method`` is a torchdiffeq method name (default
     ``"dopri5"``) or an odeplug solver; ``options`` are that method's torchdiffeq options.
     """
-    _refuse_events(event_fn, "odeint")
     where = "odeint"
     plan = _Method.of(method, rtol, atol, options, y0, t, where, norm=_forward_norm(options, y0, where))
     if rule is None:
         rule = exported()["Direct"]()
     _check_rule(rule, where)
+    if event_fn is not None:
+        return _solve_until_event(func, y0, t, plan, rule, None, event_fn, method, options, where)
     return _solve(func, y0, t, plan, lambda length: rule, params=None)
 
 
@@ -108,7 +110,6 @@ def odeint_adjoint(
     ``adjoint_params`` are tensors whose gradients are wanted; every other tensor ``func`` reads
     that requires grad gets its gradient too (torchdiffeq leaves those without one).
     """
-    _refuse_events(event_fn, "odeint_adjoint")
     where = "odeint_adjoint"
     given = {name: value for name, value in (
         ("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol),
@@ -159,7 +160,7 @@ def odeint_adjoint(
                 return rule
         else:
             def rule_for(length: float | None) -> GradientRule:
-                return attrs.evolve(rule, solver=backward.for_interval(length))
+                return attrs.evolve(rule, solver=backward.solver_for(func, y0, t))
     else:
         if given:
             raise InvalidArgumentError(
@@ -174,16 +175,96 @@ def odeint_adjoint(
     if adjoint_params is not None:
         # torchdiffeq leaves out the tensors that do not require grad.
         params = [p for p in adjoint_params if not isinstance(p, torch.Tensor) or p.requires_grad]
+    if event_fn is not None:
+        return _solve_until_event(func, y0, t, plan, rule_for(None), params, event_fn, method,
+                                  options, where)
     return _solve(func, y0, t, plan, rule_for, params=params)
 
 
 def odeint_event(func: Callable[..., Any], y0: State, t0: torch.Tensor, *, event_fn: Any,
-                 reverse_time: bool = False, odeint_interface: Any = odeint, **kwargs: Any) -> Any:
-    """``torchdiffeq.odeint_event``: not supported yet (always raises)."""
-    _refuse_events(event_fn, "odeint_event")
+                 reverse_time: bool = False, odeint_interface: Any = odeint,
+                 **kwargs: Any) -> tuple[torch.Tensor, State]:
+    """``torchdiffeq.odeint_event``: solve from ``t0`` (backwards with ``reverse_time=True``)
+    until ``event_fn(t, y)`` crosses zero; return ``(event_t, solution)``, ``solution`` the
+    states at ``t0`` and at ``event_t`` (two rows), both differentiable *through the event time*
+    (Chen, Amos & Nickel, ICLR 2021; see docs/methods/events.md): dL/dθ includes how θ moves
+    ``event_t``, also through the tensors ``event_fn`` reads.
+
+    ``odeint_interface`` is :func:`odeint` or :func:`odeint_adjoint` (or a function with their
+    signature returning ``(event_t, solution)`` with the state's derivative at fixed
+    ``event_t``, as they do); ``kwargs`` go to it."""
+    if not callable(event_fn):
+        raise InvalidArgumentError(
+            f"odeint_event: event_fn must be a function event_fn(t, y) returning a tensor, got "
+            f"{type(event_fn).__name__}."
+        )
+    if not isinstance(t0, torch.Tensor) or t0.numel() != 1:
+        raise InvalidArgumentError(
+            f"odeint_event: t0 must be a one-element tensor (the initial time), got "
+            f"{type(t0).__name__ if not isinstance(t0, torch.Tensor) else tuple(t0.shape)}."
+        )
+    start = t0.reshape(-1)
+    t = torch.cat([start, start.detach() + (-1.0 if reverse_time else 1.0)])
+    event_t, solution = odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+    is_tuple = isinstance(y0, tuple)
+    problem = ODEProblem(func, y0, t, event=event_fn)
+    rows = solution if is_tuple else (solution,)
+    y_event = problem.layout.flatten(tuple(part[-1] for part in rows))
+    t_out, y_out, _ = event_state(problem, event_t, y_event)
+    ends = problem.layout.unflatten(y_out.unsqueeze(0))
+    rows = tuple(torch.cat([part[:-1], end]) for part, end in zip(rows, ends))
+    return t_out, rows if is_tuple else rows[0]
 
 
 # -- what runs --------------------------------------------------------------------------------
+
+
+# Event mode ignores t[1] but for its direction (torchdiffeq's rule): the solve runs on until the
+# event or the step budget; this far end only bounds odeplug's span.
+_EVENT_HORIZON = 1e12
+
+
+def _solve_until_event(
+    func: Callable[..., Any],
+    y0: State,
+    t: torch.Tensor,
+    plan: _Method,
+    rule: GradientRule,
+    params: list[torch.Tensor] | None,
+    event_fn: Any,
+    method: Any,
+    options: dict[str, Any] | None,
+    where: str,
+) -> tuple[torch.Tensor, State]:
+    """torchdiffeq's event mode: ``(event_t, solution)``, ``solution`` the states at ``t[0]``
+    and at ``event_t``, ``event_t`` detached and the state's derivative taken at fixed
+    ``event_t`` (torchdiffeq's semantics; :func:`odeint_event` adds the event time's own
+    derivative)."""
+    _check_t(t)
+    if len(t) != 2:
+        raise InvalidArgumentError(
+            f"{where}: with event_fn, t must hold two times (the initial time, then any time "
+            f"after it, or before it to solve backwards; only its direction is used), got "
+            f"len(t)={len(t)}."
+        )
+    if isinstance(method, str) and method in _FIXED_GRID_METHODS and "step_size" not in (options or {}):
+        raise InvalidArgumentError(
+            f"{where}: event handling with the fixed-grid method {method!r} needs a step size: "
+            "pass options=dict(step_size=...) (as torchdiffeq requires)."
+        )
+    start = t[0].detach()
+    direction = 1.0 if bool(t[1] > t[0]) else -1.0
+    horizon = start + direction * _EVENT_HORIZON * max(1.0, abs(float(start)))
+    span = torch.stack([t[0], horizon.to(t.dtype)])
+    problem = ODEProblem(func, y0, span, params=params, event=event_fn, **plan.problem)
+    t_event, _ = locate_event(problem, plan.solver)
+    if t_event is None:
+        raise SolveError(
+            f"{where}: event_fn did not cross zero before t={float(horizon):.6g}; check its sign "
+            "along the solution."
+        )
+    ys = solve(problem.without_event(until=t_event), plan.solver, rule).ys
+    return t_event.detach().to(t), ys
 
 
 def _solve(
@@ -199,40 +280,33 @@ def _solve(
     if len(t) == 1:  # torchdiffeq returns y0 alone, differentiably
         return tuple(part.unsqueeze(0) for part in y0) if is_tuple else y0.unsqueeze(0)
     problem = ODEProblem(func, y0, t, params=params, **plan.problem)  # checks every input once
-    if not plan.per_interval:
-        return solve(problem, plan.solver, rule_for(None)).ys
-    # torchdiffeq's fixed grid without a step size steps from one output time to the next:
-    # one solve per output interval, its one step landing on the interval's end.
-    outputs, y = [y0], y0
-    for k in range(len(t) - 1):
-        span = t[k : k + 2]
-        length = abs(float(span[1].detach() - span[0].detach()))
-        ys = solve(ODEProblem(func, y, span, params=params), plan.for_interval(length),
-                   rule_for(length)).ys
-        y = tuple(part[-1] for part in ys) if is_tuple else ys[-1]
-        outputs.append(y)
-    if is_tuple:
-        return tuple(torch.stack(parts) for parts in zip(*outputs))
-    return torch.stack(outputs)
+    # One solve, also for torchdiffeq's fixed grid without a step size: the fixed-step solver's
+    # dt=None steps on the output times themselves.
+    return solve(problem, plan.solver_for(func, y0, t), rule_for(None)).ys
 
 
 @attrs.frozen
 class _Method:
     """A torchdiffeq method with its tolerances and options, as an odeplug solver.
 
-    ``per_interval``: torchdiffeq's fixed grid with no ``step_size`` (steps on the output times);
-    the solver's ``dt`` is then set for each output interval by :meth:`for_interval`."""
+    ``grid_constructor``: torchdiffeq's ``options['grid_constructor']``, whose grid depends on
+    the solve's func, y0 and t: :meth:`solver_for` calls it and hands its grid to the solver's
+    ``grid`` option; ``adjoint`` says the solver is an adjoint's backward solve, whose grid is
+    the constructor's for each output interval (torchdiffeq solves each on its own)."""
 
     solver: Solver
-    per_interval: bool = False
     #: ODEProblem options: torchdiffeq's step_t and jump_t are properties of the problem here
     #: (every solve of it, forward and backward, stops at them).
     problem: dict = attrs.field(factory=dict)
+    grid_constructor: Callable[..., Any] | None = None
+    adjoint: bool = False
 
-    def for_interval(self, length: float | None) -> Solver:
-        if not self.per_interval or length is None:
+    def solver_for(self, func: Callable[..., Any], y0: State, t: torch.Tensor) -> Solver:
+        """The solver of a solve of ``func`` from ``y0`` over ``t``."""
+        if self.grid_constructor is None or len(t) < 2:
             return self.solver
-        return attrs.evolve(self.solver, dt=length)
+        grid = _constructed_grid(self.grid_constructor, func, y0, t, self.adjoint)
+        return attrs.evolve(self.solver, grid=grid)
 
     @staticmethod
     def of(
@@ -334,6 +408,10 @@ def _adaptive(method: str, rtol: Any, atol: Any, options: dict[str, Any], norm: 
 
 def _fixed_grid(method: str, rtol: Any, atol: Any, options: dict[str, Any], norm: Norm | None,
                 t: torch.Tensor, where: str, prefix: str, adjoint: bool = False) -> _Method:
+    """A torchdiffeq fixed-grid method as the odeplug fixed-step solver that takes its steps:
+    ``step_size`` is ``dt``; none means ``dt=None`` (steps on the output times); a
+    ``grid_constructor``'s grid becomes ``grid`` (:meth:`_Method.solver_for`); ``interp`` is
+    ``interpolation`` (torchdiffeq's default ``"linear"``); ``perturb`` is ``perturb``."""
     # rtol and atol mean nothing to a fixed grid (torchdiffeq ignores them too).
     if norm is not None or "norm" in options:
         raise InvalidArgumentError(
@@ -345,42 +423,62 @@ def _fixed_grid(method: str, rtol: Any, atol: Any, options: dict[str, Any], norm
     if method in _ADAMS_METHODS:
         settings = _adams_settings(method, rtol, atol, options, where, prefix)
     step_size = options.pop("step_size", None)
+    grid_constructor = options.pop("grid_constructor", None)
     interp = options.pop("interp", "linear")
     if interp not in ("linear", "cubic"):
         raise InvalidArgumentError(
             f"{where}: {prefix}options['interp'] must be 'linear' or 'cubic', got {interp!r}."
         )
-    if options.pop("perturb", False):
-        raise UnsupportedCombinationError(
-            f"{where}: {prefix}options['perturb']=True is not supported yet: odeplug evaluates "
-            "func at the step's own times; drop the option (it matters only for a func "
-            "discontinuous at the grid times)."
+    settings["interpolation"] = interp
+    perturb = options.pop("perturb", False)
+    if not isinstance(perturb, bool):
+        raise InvalidArgumentError(
+            f"{where}: {prefix}options['perturb'] must be True or False, got {perturb!r}."
         )
-    _refuse_remaining(options, method, where, prefix, {
-        "grid_constructor": "a custom time grid is not supported yet; pass "
-                            "options=dict(step_size=...) for a uniform grid, or no step_size to "
-                            "step on the output times",
-    })
-    if step_size is None and method in _ADAMS_METHODS:
-        # torchdiffeq steps on the output times, its slopes carried across them: one solve whose
-        # steps are the output intervals (dt their length; unequal ones: the longest, each step
-        # landing on the next output time, a stop of the problem). An adjoint's backward solve
-        # starts afresh at every output time: each interval is one step without stops.
-        spacing, uniform = _spacing(t)
-        problem = {} if uniform or adjoint else {"stop_times": t.detach()[1:-1]}
-        return _Method(cls(dt=spacing, **settings), problem=problem)
-    if step_size is None:
-        return _Method(cls(dt=1.0), per_interval=True)
-    step_size = _number(f"{prefix}options['step_size']", step_size, where)
-    if interp == "linear" and not _on_grid(t, step_size):
-        raise UnsupportedCombinationError(
-            f"{where}: output times between the steps of {prefix}options['step_size']="
-            f"{step_size} with interp='linear' (torchdiffeq's default) are not supported: odeplug "
-            "reads them from the cubic Hermite interpolant through the step's ends, which is "
-            "torchdiffeq's interp='cubic'. Pass options=dict(step_size=..., interp='cubic'), or "
-            "output times on the step grid (t[0] + k * step_size)."
+    settings["perturb"] = perturb
+    _refuse_remaining(options, method, where, prefix, {})
+    if step_size is not None and grid_constructor is not None:
+        raise InvalidArgumentError(
+            f"{where}: {prefix}options['step_size'] and {prefix}options['grid_constructor'] both "
+            "say where the steps end (torchdiffeq refuses them together too); pass one of them."
         )
-    return _Method(cls(dt=step_size, **settings))
+    if grid_constructor is not None and not callable(grid_constructor):
+        raise InvalidArgumentError(
+            f"{where}: {prefix}options['grid_constructor'] must be a function (func, y0, t) -> "
+            f"1-D tensor of times from t[0] to t[-1], got {grid_constructor!r}."
+        )
+    if step_size is not None:
+        settings["dt"] = _number(f"{prefix}options['step_size']", step_size, where)
+    return _Method(cls(**settings), grid_constructor=grid_constructor, adjoint=adjoint)
+
+
+def _constructed_grid(grid_constructor: Callable[..., Any], func: Callable[..., Any], y0: State,
+                      t: torch.Tensor, adjoint: bool) -> tuple[float, ...]:
+    """torchdiffeq's ``grid_constructor(func, y0, t)``, called with the user's func, y0 (a tuple
+    flattened into one vector, as torchdiffeq passes it) and t. For an adjoint's backward solve,
+    torchdiffeq calls it on each output interval, from t[k] back to t[k−1]: the backward grid is
+    the union of those, so that each interval is stepped as there."""
+    flat_y0 = torch.cat([part.reshape(-1) for part in y0]) if isinstance(y0, tuple) else y0
+    spans = [t[k - 1 : k + 1].flip(0) for k in range(len(t) - 1, 0, -1)] if adjoint else [t]
+    times: list[float] = []
+    for span in spans:
+        grid = grid_constructor(func, flat_y0, span)
+        if not isinstance(grid, torch.Tensor) or grid.ndim != 1 or len(grid) < 2:
+            raise InvalidArgumentError(
+                f"options['grid_constructor'] must return a 1-D tensor of at least two times, "
+                f"from t[0] to t[-1]; it returned {grid!r} for t={span.detach().tolist()}."
+            )
+        grid = grid.detach().double()
+        ends = span.detach().double()[[0, -1]]
+        if not torch.allclose(grid[[0, -1]], ends, rtol=1e-6, atol=1e-12):
+            raise InvalidArgumentError(
+                f"options['grid_constructor'] must return a grid that starts at t[0] and ends at "
+                f"t[-1] (torchdiffeq asserts it too); it returned a grid from {float(grid[0])} to "
+                f"{float(grid[-1])} for t from {float(ends[0])} to {float(ends[1])}."
+            )
+        times += grid.tolist()
+    decreasing = bool(t[-1] < t[0])
+    return tuple(sorted(set(times), reverse=decreasing))
 
 
 def _adams_settings(method: str, rtol: Any, atol: Any, options: dict[str, Any], where: str,
@@ -400,27 +498,6 @@ def _adams_settings(method: str, rtol: Any, atol: Any, options: dict[str, Any], 
         if max_iters is not None:
             settings["max_iters"] = max_iters
     return settings
-
-
-def _spacing(t: torch.Tensor) -> tuple[float, bool]:
-    """(the longest output interval, whether all are equal): an Adams method's step with no
-    ``step_size``."""
-    times = t.detach().double()
-    if len(times) < 2:
-        return 1.0, True  # a single output time: no solve
-    gaps = (times[1:] - times[:-1]).abs()
-    longest = float(gaps.max())
-    return longest, bool(((gaps - longest).abs() <= 1e-9 * longest).all())
-
-
-def _on_grid(t: torch.Tensor, step_size: float) -> bool:
-    """Every interior output time is t[0] + k·step_size (the last one always is: torchdiffeq
-    ends its grid there)."""
-    if len(t) < 3:
-        return True
-    times = t.detach().double()
-    steps = (times[1:-1] - times[0]).abs() / step_size
-    return bool(((steps - steps.round()).abs() <= 1e-9 * steps.clamp(min=1.0)).all())
 
 
 def _refuse_remaining(options: dict[str, Any], method: str, where: str, prefix: str,
@@ -561,15 +638,6 @@ def norm(n: _CallableAdjointNorm, x: torch.Tensor, layout: Layout):  # noqa: F81
 
 
 # -- checks -----------------------------------------------------------------------------------
-
-
-def _refuse_events(event_fn: Any, where: str) -> None:
-    if event_fn is not None or where == "odeint_event":
-        raise UnsupportedCombinationError(
-            f"{where}: events (event_fn, odeint_event) are not supported yet: odeplug cannot "
-            "stop a solve where event_fn(t, y) = 0. Solve to a fixed end time meanwhile, or "
-            "keep torchdiffeq for this solve."
-        )
 
 
 def _check_rule(rule: Any, where: str) -> None:

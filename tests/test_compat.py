@@ -87,9 +87,8 @@ CASES = [
     ("heun2", None, dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
     ("rk4", dict(step_size=0.1, interp="cubic"), dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
     # The Adams methods: the same steps, their slopes carried across output times. With no
-    # step_size torchdiffeq's steps end at the output times themselves (dL/dt flows through
-    # the step sizes), odeplug's at t[0] + k·spacing (dL/dt from the interpolant): dt differs.
-    ("explicit_adams", None, dict(ys=1e-12, dy0=1e-12, dtheta=1e-12)),
+    # step_size both step on the output times themselves (dL/dt flows through the step sizes).
+    ("explicit_adams", None, dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
     # Here the corrector fails to converge at t = 1.5 in both, and both drop a slope (and warn).
     pytest.param("implicit_adams", None, dict(ys=1e-12, dy0=1e-12, dtheta=1e-12),
                  marks=pytest.mark.filterwarnings("ignore:.*did not converge:RuntimeWarning",
@@ -97,6 +96,17 @@ CASES = [
     ("fixed_adams", dict(step_size=0.05), dict(ys=1e-12, dy0=1e-12, dtheta=1e-12)),
     ("explicit_adams", dict(step_size=0.05, max_order=5), dict(ys=1e-12, dy0=1e-12, dtheta=1e-12)),
     ("implicit_adams", dict(step_size=0.1, interp="cubic", max_iters=6, max_order=8),
+     dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
+    # torchdiffeq's default interp="linear" with outputs between the steps, a grid_constructor
+    # (its grid odeplug's grid=; for odeint_adjoint's backward, the constructor's grid of each
+    # output interval), and perturb (tests/test_fixed_grid.py has them on a field where it matters).
+    ("euler", dict(step_size=0.3), dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
+    ("heun3", dict(step_size=0.3, interp="linear"), dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
+    ("midpoint", dict(grid_constructor=lambda func, y0, t: torch.cat(
+        [t[:1], torch.linspace(float(t[0].detach()), float(t[-1].detach()), 7, dtype=t.dtype)[1:-1], t[-1:]])),
+     dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
+    ("rk4", dict(perturb=True), dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
+    ("explicit_adams", dict(step_size=0.25, perturb=True, interp="cubic"),
      dict(ys=1e-12, dy0=1e-12, dtheta=1e-12, dt=1e-12)),
 ]
 
@@ -210,16 +220,18 @@ def test_max_num_steps_is_a_step_budget():
 
 # Each unsupported method or option, and the words its error must contain.
 REFUSED = [
-    (dict(event_fn=lambda t, y: y.sum()), r"event_fn, odeint_event\) are not supported yet"),
+    (dict(event_fn=lambda t, y: y.sum()), r"with event_fn, t must hold two times"),
     (dict(method="explicit_adams", options=dict(max_order=3)), r"max_order must be an int from 4 to 12"),
     (dict(method="scipy_solver"), r"method='scipy_solver' is not supported yet"),
     (dict(method="adams"), r"unknown method 'adams'"),
     (dict(options=dict(safety=0.8)), r"options\['safety'\]=0.8 is not supported"),
     (dict(options=dict(dtype=torch.float32)), r"options\['dtype'\]=torch.float32 is not supported"),
     (dict(options=dict(step_size=0.1)), r"are not options of torchdiffeq's 'dopri5'"),
-    (dict(method="euler", options=dict(grid_constructor=lambda f, y0, t: t)), r"options\['grid_constructor'\] is not supported yet"),
-    (dict(method="euler", options=dict(step_size=0.1, perturb=True)), r"options\['perturb'\]=True is not supported yet"),
-    (dict(method="euler", options=dict(step_size=0.3)), r"interp='linear' \(torchdiffeq's default\) are not supported"),
+    (dict(method="euler", options=dict(step_size=0.1, grid_constructor=lambda f, y0, t: t)),
+     r"options\['step_size'\] and options\['grid_constructor'\] both say where the steps end"),
+    (dict(method="euler", options=dict(grid_constructor=lambda f, y0, t: t[1:])),
+     r"must return a grid that starts at t\[0\] and ends at t\[-1\]"),
+    (dict(method="rk4", options=dict(interp="quadratic")), r"options\['interp'\] must be 'linear' or 'cubic'"),
     (dict(method="euler", options=dict(norm=lambda y: y.abs().max())), r"options\['norm'\] means nothing to the fixed-grid"),
 ]
 
@@ -265,8 +277,6 @@ def test_adjoint_specific_refusals():
     with pytest.raises(op.InvalidArgumentError, match=r"pass adjoint_options too"):
         compat.odeint_adjoint(Field(), Y0, TS, method="dopri5", options=dict(first_step=0.1),
                               adjoint_method="bosh3")
-    with pytest.raises(op.OdeplugError, match=r"odeint_event: events .* are not supported yet"):
-        compat.odeint_event(Field(), Y0, TS[0], event_fn=lambda t, y: y.sum())
     with pytest.raises(op.InvalidArgumentError, match=r"t must be a 1-D tensor"):
         compat.odeint(Field(), Y0, torch.tensor(1.0, dtype=DTYPE))
 

@@ -97,8 +97,8 @@ def test_unknown_solver_option_suggests_the_right_one():
         op.Dopri5(rtoll=1e-3)
     with pytest.raises(op.InvalidOptionError, match="keyword options only"):
         op.Dopri5(1e-3)
-    with pytest.raises(op.InvalidOptionError, match=r"needs a step size: RK4\(dt=0.01\)"):
-        op.RK4()
+    with pytest.raises(op.InvalidOptionError, match=r"pass one of them: RK4\(dt=0.1\) for a uniform grid"):
+        op.RK4(dt=0.1, grid=[0.0, 0.5, 1.0])
     with pytest.raises(op.InvalidOptionError, match="rtol and atol cannot both be 0"):
         op.Dopri5(rtol=0.0, atol=0.0)
     with pytest.raises(op.InvalidOptionError, match="norm must be an odeplug.Norm"):

@@ -60,8 +60,27 @@ def test_output_times_before_the_event_are_kept_and_match_a_solve_without_it():
     plain = op.solve(op.ODEProblem(falling(g), y0, ts[:3]), TIGHT)
     assert len(with_event.ts) == 4 and float(with_event.event_t.detach()) < 5.0
     torch.testing.assert_close(with_event.ys[:3], plain.ys, rtol=1e-14, atol=1e-14)
-    stats = with_event.stats
-    assert stats.nfe_event > 0 and stats.event_evaluations > 0 and stats.steps_accepted_event > 0
+    # Direct stops at the event in its one forward; other rules search first, counted apart.
+    assert with_event.stats.event_evaluations > 0 and "nfe_event" not in with_event.stats
+    adjoint = op.solve(op.ODEProblem(falling(g), y0, ts, event=lambda t, y: y[0] - level), TIGHT, op.Adjoint())
+    assert adjoint.stats.nfe_event > 0 and adjoint.stats.steps_accepted_event > 0
+
+
+def test_directs_one_pass_equals_the_search_then_solve_that_serves_every_rule():
+    from odeplug._events import locate_then_solve
+
+    h0, v0, g, level = leaves(10.0, 2.0, 9.81, 1.5)
+    problem = op.ODEProblem(falling(g), torch.stack([h0, v0]), torch.tensor([0.0, 0.4, 5.0], dtype=F64),
+                            event=lambda t, y: y[0] - level)
+    one_pass = op.solve(problem, TIGHT, op.Direct())
+    two_pass = locate_then_solve(problem, TIGHT, op.Direct(), {})
+    torch.testing.assert_close(one_pass.event_t, two_pass.event_t, rtol=0, atol=0)
+    torch.testing.assert_close(one_pass.ys, two_pass.ys, rtol=1e-13, atol=1e-13)
+    inputs = (h0, v0, g, level)
+    for a, b in zip(torch.autograd.grad(one_pass.event_t + one_pass.ys.sum(), inputs),
+                    torch.autograd.grad(two_pass.event_t + two_pass.ys.sum(), inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    assert one_pass.stats.nfe < two_pass.stats.nfe + two_pass.stats.nfe_event
 
 
 def test_no_crossing_in_the_span_is_no_event():
@@ -141,7 +160,7 @@ def test_an_event_time_without_a_derivative_says_so():
     f = lambda t, y: torch.stack([y[1], -y[0]])  # noqa: E731
     switch = lambda t, y: 0.5 - (t > 1.0).to(y.dtype)  # noqa: E731
     sol = op.solve(op.ODEProblem(f, y0, torch.tensor([0.0, 5.0], dtype=F64), event=switch), TIGHT)
-    assert math.isclose(float(sol.event_t), 1.0, rel_tol=1e-12)
+    assert math.isclose(float(sol.event_t.detach()), 1.0, rel_tol=1e-12)
     with pytest.raises(op.SolveError, match="zero rate of change along the solution"):
         sol.event_t.backward()
 
@@ -272,3 +291,16 @@ def test_augmentation_keeps_the_event_on_the_original_channels():
     want = torch.autograd.grad(t_exact, (h0, v0, g, level))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("name,rule", RULES, ids=[n for n, _ in RULES])
+def test_an_autonomous_event_moves_with_the_initial_time(name, rule):
+    # Starting later shifts the whole trajectory: dt*/dt0 = 1, dy(t*)/dt0 = 0.
+    h0, v0, g, level = leaves(10.0, 2.0, 9.81, 1.5)
+    ts = torch.tensor([0.3, 0.5, 6.0], dtype=F64, requires_grad=True)
+    sol = op.solve(op.ODEProblem(falling(g), torch.stack([h0, v0]), ts, event=lambda t, y: y[0] - level),
+                   TIGHT, rule)
+    (dt_dts,) = torch.autograd.grad(sol.event_t, ts, retain_graph=True)
+    torch.testing.assert_close(dt_dts, torch.tensor([1.0, 0.0, 0.0], dtype=F64), rtol=0, atol=1e-9)
+    (dv_dts,) = torch.autograd.grad(sol.ys[-1, 1], ts)
+    torch.testing.assert_close(dv_dts, torch.zeros(3, dtype=F64), rtol=0, atol=1e-8)

@@ -25,9 +25,16 @@ it is part of, and refuses to recompute a past step with :class:`odeplug.Unsuppo
 Rules that replay steps from checkpoints (ACA) are therefore refused at their backward pass;
 Direct and the continuous adjoints (Adjoint, GQAdjoint, GaussAdjoint) work.
 
-A problem's ``stop_times`` cut a step short to land on each (the grid goes on from it with the
-same dt; the next steps use the same slopes, as torchdiffeq on a grid through those times);
-``jump_times`` are refused.
+Where the steps end is :class:`FixedStep`'s choice: every ``dt``; with ``dt=None`` on every
+output time, as torchdiffeq's Adams methods without ``step_size`` (one solve, the slopes carried
+across output times); or on a given ``grid``. A problem's ``stop_times`` cut a step short to land
+on each (with ``dt`` the grid goes on from it with the same dt; the next steps use the same
+slopes, as torchdiffeq on a grid through those times); ``jump_times`` are refused. The formulas
+use the coefficients of equal steps whatever the step sizes, as torchdiffeq's do.
+
+With ``perturb=True`` (torchdiffeq's): every slope kept is F just after its time, the
+corrector evaluates F just before the step's end, and the Runge–Kutta start steps as
+:class:`RK4ThreeEighths` with perturb does.
 """
 
 from __future__ import annotations
@@ -40,13 +47,14 @@ import attrs
 import torch
 
 import odeplug
-from odeplug import Layout, Solver, Step, Stepper, StepState, VectorField, configuration, final
+from odeplug import Layout, Step, Stepper, StepState, VectorField, configuration, final
 
 from . import _methods
-from ._solvers import (
-    _DEFAULT_MAX_STEPS, _non_negative, _positive, _positive_int, require_step_size,
+from ._solvers import FixedStep, _non_negative, _positive_int
+from ._stepper import (
+    RungeKuttaStepper, add_grid_stops, check_grid_ends, fixed_step_end, linear_interpolation,
+    unprimed,
 )
-from ._stepper import RungeKuttaStepper
 
 __all__ = ["Adams", "ExplicitAdams", "ImplicitAdams", "AdamsStepper", "adams_coefficients"]
 
@@ -87,26 +95,20 @@ def _order_in_range(instance, attribute, value):
         )
 
 
-@attrs.frozen(kw_only=True)
-class Adams(Solver):
+class Adams(FixedStep):
     """Abstract: a fixed-step Adams method (torchdiffeq's ``explicit_adams``/``implicit_adams``).
 
-    Options:
-        dt: the step (required); the last step is shortened to land on the final time.
-        max_order: as torchdiffeq's: at most ``max_order − 1`` past slopes are used (4 to 12).
-        max_steps: steps allowed per solve before :class:`odeplug.StepBudgetExhaustedError`.
+    Options: :class:`FixedStep`'s (``dt``, or ``dt=None`` to step on the output times, or
+    ``grid``; ``interpolation``, ``perturb``, ``max_steps``), and ``max_order``: as
+    torchdiffeq's, at most ``max_order − 1`` past slopes are used (4 to 12).
 
     Outputs between steps come from the cubic Hermite through the step's two ends and their
-    slopes (third order, below the solution's order). A step depends on past slopes, so ACA
-    (which recomputes steps from checkpoints) refuses these solvers; Direct and the continuous
-    adjoints work.
+    slopes (third order, below the solution's order), or the line between them. A step depends
+    on past slopes, so ACA (which recomputes steps from checkpoints) refuses these solvers;
+    Direct and the continuous adjoints work.
     """
 
-    dt: float = attrs.field(default=None, validator=_positive("dt"))
-    max_steps: int = attrs.field(default=_DEFAULT_MAX_STEPS, validator=_positive_int)
-
-    def __attrs_post_init__(self) -> None:
-        require_step_size(self)
+    __slots__ = ()
 
 
 @configuration
@@ -162,7 +164,7 @@ class AdamsStepper(Stepper):
     __slots__ = (
         "field", "order", "dense_order", "max_steps", "dt", "implicit", "rtol", "atol", "max_iters",
         "most_slopes", "_starter", "_slopes", "_end", "_t_end", "_coefficients", "_warned",
-        "supports_stops", "_stops",
+        "supports_stops", "_stops", "grid", "linear", "perturb", "_to_outputs", "_origin",
     )
     #: A fixed step: no step is ever rejected.
     adaptive = False
@@ -170,16 +172,26 @@ class AdamsStepper(Stepper):
     def __init__(self, solver: Adams, field: VectorField, layout: Layout) -> None:
         self.field = field
         self.order = _declared_order(solver)
-        self.dense_order = 3  # the cubic Hermite of interpolate()
+        self.linear = solver.interpolation == "linear"
+        self.dense_order = 1 if self.linear else 3  # the line or cubic Hermite of interpolate()
         self.max_steps = solver.max_steps
         self.dt = solver.dt
+        self.grid = solver.grid
+        self.perturb = solver.perturb
+        self._to_outputs = solver.dt is None and solver.grid is None
+        self._origin: tuple[torch.Tensor, torch.Tensor] | None = None
+        if solver.grid is not None:
+            add_grid_stops(field, solver.grid)
         self.implicit = isinstance(solver, ImplicitAdams)
         self.rtol = solver.rtol if self.implicit else 0.0
         self.atol = solver.atol if self.implicit else 0.0
         self.max_iters = solver.max_iters if self.implicit else 0
         self.most_slopes = solver.max_order - 1
+        # Only its step_from is used, with this stepper's step sizes (its dt is never read),
+        # and no dense slope needed (the slope kept is this stepper's).
         self._starter = RungeKuttaStepper(
-            _methods.RK4_THREE_EIGHTHS, field, layout, dt=solver.dt, max_steps=solver.max_steps
+            _methods.RK4_THREE_EIGHTHS, field, layout, adaptive=False, dt=1.0,
+            interpolation="linear", perturb=solver.perturb, max_steps=solver.max_steps,
         )
         self._slopes: list[torch.Tensor] = []
         self._end: tuple[torch.Tensor, torch.Tensor] | None = None  # (t, y) the solve stands at
@@ -198,11 +210,28 @@ class AdamsStepper(Stepper):
             self._coefficients[key] = torch.tensor(values, dtype=like.dtype, device=like.device)
         return self._coefficients[key]
 
+    def _after(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Where a slope at ``t`` is evaluated: ``t``, or with perturb the float just after it."""
+        ty = t.to(dtype)
+        return torch.nextafter(ty, torch.full_like(ty, float("inf"))) if self.perturb else ty
+
+    def _before(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Where the corrector evaluates F at a step's end: with perturb, just before it."""
+        ty = t.to(dtype)
+        return torch.nextafter(ty, torch.full_like(ty, float("-inf"))) if self.perturb else ty
+
     def start(self, t0: torch.Tensor, y0: torch.Tensor, t_end: torch.Tensor) -> StepState:
-        f0 = self.field(t0.to(y0.dtype), y0)
+        if self.grid is not None:
+            check_grid_ends(self.grid, self.field, t0, t_end)
+        f0 = self.field(self._after(t0, y0.dtype), unprimed(y0) if self.perturb else y0)
         self._t_end = t_end
+        self._origin = (t0, torch.zeros_like(t0))  # of a dt grid
+        if self._stops is not None:
+            self._stops = self._stops.to(t0.device)
         self._begin(t0, y0, f0)
-        return StepState(t0, y0, f0, torch.as_tensor(self.dt, dtype=t0.dtype, device=t0.device))
+        # With dt=None the grid sets each step; h is then the span, never used as a size.
+        h = (t_end - t0).detach() if self.dt is None else t0.new_tensor(self.dt)
+        return StepState(t0, y0, f0, h)
 
     def _begin(self, t: torch.Tensor, y: torch.Tensor, f: torch.Tensor) -> None:
         self._slopes = [f]
@@ -211,7 +240,7 @@ class AdamsStepper(Stepper):
     def restart(self, state: StepState, y: torch.Tensor) -> StepState:
         # Past slopes belong to the old state: start again (as torchdiffeq, which starts a new
         # solve at every output time of its adjoint).
-        f = self.field(state.t.to(y.dtype), y)
+        f = self.field(self._after(state.t, y.dtype), y)
         self._begin(state.t, y, f)
         return StepState(state.t, y, f, state.h)
 
@@ -219,27 +248,17 @@ class AdamsStepper(Stepper):
         self, state: StepState, t_target: torch.Tensor, land: bool = False
     ) -> tuple[StepState, Step | None, tuple[bool, bool, bool, bool]]:
         t0, y0, f0, dt = state
-        remaining = (t_target if land else self._t_end) - t0
-        landed = remaining <= dt * (1 + 1e-9)
-        h = torch.where(landed, remaining, dt)
-        if self._stops is not None:
-            stops = self._stops.to(t0.device)
-            index = torch.searchsorted(stops, t0.detach().reshape(1), right=True)
-            nxt = stops[index].reshape(()).to(t0.dtype)
-            at_stop = (nxt < t0 + remaining) & (nxt - t0 <= dt * (1 + 1e-9))
-            _, to_stop = RungeKuttaStepper._shorten(t0, nxt - t0 + 1, nxt)
-            h = torch.where(at_stop, to_stop, h)
-            landed = landed | at_stop
-            # t0 + h can miss the stop by an ulp; a sliver of a step after it would cost a slope.
-            step = self._step(t0, y0, f0, h, landed, end=torch.where(at_stop, nxt, t0 + h))
-        else:
-            step = self._step(t0, y0, f0, h, landed)
+        end = t_target if (land or self._to_outputs) else self._t_end
+        h, t1, landed, self._origin = fixed_step_end(
+            t0, None if self.dt is None else dt, end, self._stops, self._t_end, land, self._origin
+        )
+        step, slope = self._step(t0, y0, f0, h, landed, t1)
         with torch.no_grad():
             status = torch.stack(
                 [torch.isfinite(step.y1).all(), step.t1 > t0, step.t1 >= t_target]
             ).tolist()
         finite, size_ok, reached = status
-        return StepState(step.t1, step.y1, step.f1, dt), step, (True, finite, size_ok, reached)
+        return StepState(step.t1, step.y1, slope, dt), step, (True, finite, size_ok, reached)
 
     def step_from(self, t0: torch.Tensor, y0: torch.Tensor, h: torch.Tensor) -> Step:
         """The next step of this solve, from where it stands (``y0`` is the state its last step
@@ -257,20 +276,21 @@ class AdamsStepper(Stepper):
                 "solvers, or ACA with a one-step solver such as RK4(dt=...) or Dopri5()."
             )
         landed = torch.zeros((), dtype=torch.bool, device=t0.device)
-        return self._step(t0, y0, self._slopes[0], h, landed)
+        step, _ = self._step(t0, y0, self._slopes[0], h, landed, t0 + h)
+        return step
 
     def _step(
         self, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, h: torch.Tensor, landed: torch.Tensor,
-        end: torch.Tensor | None = None,
-    ) -> Step:
-        t1 = t0 + h
-        if end is not None:  # exactly there, with t0 + h's derivative
-            t1 = t1 + (end.detach() - t1.detach())
+        t1: torch.Tensor,
+    ) -> tuple[Step, torch.Tensor]:
+        """One step, and the slope it adds (the next step's F(t1, y1), just after t1 with
+        perturb)."""
         known = min(len(self._slopes), self.most_slopes)
+        f1 = None
         if known < _STARTUP_SLOPES:
             self.field.prime(y0, f0)
             started = self._starter.step_from(t0, y0, h)
-            y1, f1 = started.y1, started.f1
+            y1, f1 = started.y1, started.f1  # f1 is None with perturb
         else:
             hy = h.to(y0.dtype)
             past = torch.stack(self._slopes[:known])  # (known, n), newest first
@@ -278,11 +298,19 @@ class AdamsStepper(Stepper):
             if self.implicit:
                 increment = self._correct(t1, y0, past, increment, hy)
             y1 = y0 + increment
-            f1 = self.field(t1.to(y0.dtype), y1)
-        self._slopes.insert(0, f1)
+        if not self.perturb:
+            if f1 is None:
+                f1 = self.field(t1.to(y0.dtype), y1)
+            slope = end_slope = f1
+        else:
+            slope = self.field(self._after(t1, y0.dtype), y1)
+            # torchdiffeq's cubic interpolation reads F at t1 itself (one evaluation more).
+            end_slope = None if self.linear else self.field(t1.to(y0.dtype), y1)
+        self._slopes.insert(0, slope)
         del self._slopes[self.most_slopes:]
         self._end = (t1, y1)
-        return Step(t0, t1, y0, y1, torch.stack([f0, f1]), h, landed, f1)
+        stages = f0.unsqueeze(0) if end_slope is None else torch.stack([f0, end_slope])
+        return Step(t0, t1, y0, y1, stages, h, landed, None if self.perturb else slope), slope
 
     def _correct(
         self, t1: torch.Tensor, y0: torch.Tensor, past: torch.Tensor, increment: torch.Tensor,
@@ -290,7 +318,7 @@ class AdamsStepper(Stepper):
     ) -> torch.Tensor:
         weights = self._weights(past.shape[0] + 1, True, y0) * hy
         known_part = torch.mv(past.t(), weights[1:])
-        t1y = t1.to(y0.dtype)
+        t1y = self._before(t1, y0.dtype)
         converged = False
         for _ in range(self.max_iters):
             previous = increment
@@ -314,11 +342,13 @@ class AdamsStepper(Stepper):
         return increment
 
     def interpolate(self, step: Step, t: torch.Tensor) -> torch.Tensor:
-        """The cubic Hermite through (y0, f0) and (y1, f1)."""
+        """The cubic Hermite through (y0, f0) and (y1, f1), or the line through y0 and y1."""
         y0, y1 = step.y0, step.y1
+        theta = ((t - step.t0) / (step.t1 - step.t0)).to(y0.dtype)
+        if self.linear:
+            return linear_interpolation(theta, y0, y1)
         f0, f1 = step.stages[0], step.stages[1]
         h = (step.t1 - step.t0).to(y0.dtype)
-        theta = ((t - step.t0) / (step.t1 - step.t0)).to(y0.dtype)
         if theta.dim() == 1:
             theta = theta.unsqueeze(-1)
         rest = 1 - theta

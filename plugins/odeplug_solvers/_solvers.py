@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import math
 
 import attrs
 
@@ -13,8 +14,8 @@ from . import _methods
 from ._stepper import RungeKuttaStepper
 from ._tableau import ButcherTableau
 
-__all__ = ["RungeKutta", "AdaptiveRungeKutta", "FixedStepRungeKutta", "Dopri5", "Tsit5", "Bosh3",
-           "Euler", "Midpoint", "RK4", "RK4ThreeEighths", "Heun2", "Heun3", "Dopri8", "Fehlberg2",
+__all__ = ["RungeKutta", "AdaptiveRungeKutta", "FixedStep", "FixedStepRungeKutta", "Dopri5", "Tsit5",
+           "Bosh3", "Euler", "Midpoint", "RK4", "RK4ThreeEighths", "Heun2", "Heun3", "Dopri8", "Fehlberg2",
            "AdaptiveHeun"]
 
 _DEFAULT_MAX_STEPS = 1_000_000
@@ -138,14 +139,109 @@ def _positive_int(instance, attribute, value):
         )
 
 
-def require_step_size(solver: Solver) -> None:
-    """A fixed-step solver's ``dt`` has no default: say so, with the fix."""
-    if solver.dt is None:
-        kind = type(solver).__name__
+def _grid(value):  # noqa: ANN001, ANN201
+    """``grid`` converter: a sequence of numbers or a 1-D tensor becomes a tuple of floats
+    (hashable, as configuration holds Python scalars); anything else is left for the validator."""
+    import torch
+
+    if value is None or isinstance(value, (str, bytes)):
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 1:
+            return value  # refused by the validator
+        return tuple(float(v) for v in value.detach().cpu().double().tolist())
+    try:
+        items = list(value)
+    except TypeError:
+        return value
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+        return tuple(float(v) for v in items)
+    return value
+
+
+def _valid_grid(instance, attribute, value):
+    if value is None:
+        return
+    kind = type(instance).__name__
+    if not isinstance(value, tuple) or len(value) < 2:
         raise odeplug.InvalidOptionError(
-            f"{kind} is a fixed-step solver and needs a step size: {kind}(dt=0.01). For error "
-            "control use Dopri5 or Tsit5."
+            f"{kind}: grid must be a sequence of at least two times (numbers or a 1-D tensor), "
+            f"from ts[0] to ts[-1], e.g. grid=[0.0, 0.1, 0.25, 1.0]; got {value!r}."
         )
+    if not all(math.isfinite(v) for v in value):
+        raise odeplug.InvalidOptionError(f"{kind}: grid contains NaN or infinite times: {value!r}.")
+    gaps = [b - a for a, b in zip(value, value[1:])]
+    if not (all(g > 0 for g in gaps) or all(g < 0 for g in gaps)):
+        raise odeplug.InvalidOptionError(
+            f"{kind}: grid must be strictly increasing or strictly decreasing (from ts[0] to "
+            f"ts[-1]); got {value!r}. Sort it and drop duplicates."
+        )
+
+
+def _interpolation(instance, attribute, value):
+    if value not in ("cubic", "linear"):
+        raise odeplug.InvalidOptionError(
+            f"{type(instance).__name__}: interpolation must be 'cubic' (the cubic Hermite through "
+            f"the step's ends and slopes) or 'linear' (between the step's ends), got {value!r}."
+        )
+
+
+def _boolean(instance, attribute, value):
+    if not isinstance(value, bool):
+        raise odeplug.InvalidOptionError(
+            f"{type(instance).__name__}: {attribute.name} must be True or False, got {value!r}."
+        )
+
+
+@attrs.frozen(kw_only=True)
+class FixedStep(Solver):
+    """Abstract: a solver without error control, stepping on a grid fixed before the solve
+    (the Runge–Kutta :class:`FixedStepRungeKutta` and the multistep :class:`Adams`).
+
+    Options (where the steps end, one of three ways):
+        dt: the step size: steps t0, t0 + dt, ..., the last one shortened to land on the final
+            time; a stop time (``ODEProblem(stop_times=...)``) is landed on and the grid goes
+            on from it with the same dt.
+        dt=None, no grid (the default): every step ends exactly on the next output time (of
+            ``ts``) or stop/jump time of the problem, whichever comes first: torchdiffeq's fixed
+            grid without ``step_size``. A step's size is then the difference of two of those
+            times, so dL/dts flows through the step sizes (as in torchdiffeq), and no output is
+            interpolated.
+        grid: the step grid itself, a strictly monotonic sequence of times (numbers or a 1-D
+            tensor, stored as a tuple of floats) from ``ts[0]`` to ``ts[-1]``: steps end exactly
+            on these times (and on the problem's stop/jump times); outputs in between are
+            interpolated. Its ends must be ``ts[0]`` and ``ts[-1]`` (to float32 rounding; the
+            solve uses ``ts``'s own ends there, with their gradients), checked when a solve
+            starts; the times in between are constants. A backward solve runs the same grid in
+            reverse, so either order is accepted. diffrax's ``StepTo``; torchdiffeq's
+            ``grid_constructor`` (called once, its result passed here). Excludes ``dt``.
+        interpolation: how outputs between a step's ends are read: ``"cubic"`` (default), the
+            cubic Hermite through y0, y1 and the slopes F(t0, y0), F(t1, y1) (torchdiffeq's
+            ``interp="cubic"``); ``"linear"``, (1 − θ) y0 + θ y1 (torchdiffeq's default
+            ``interp="linear"``), exactly y0 or y1 at the step's ends (its derivative in the
+            output time there is zero, as torchdiffeq's: the output time only picks the end).
+        perturb: evaluate f just inside each step, for a field discontinuous at the grid's
+            times (torchdiffeq's ``perturb=True``): a step's first stage at the float just after
+            t0 and its stages at t1 (c = 1) at the float just before t1, in the state's dtype and
+            the direction of integration (its other stages as usual). With ``"cubic"`` the
+            interpolant's end slope is F at t1 itself, as torchdiffeq's (one more evaluation
+            per step).
+        max_steps: steps allowed per solve before :class:`odeplug.StepBudgetExhaustedError`.
+    """
+
+    dt: float | None = attrs.field(default=None, validator=_positive("dt"))
+    grid: tuple[float, ...] | None = attrs.field(default=None, converter=_grid, validator=_valid_grid)
+    interpolation: str = attrs.field(default="cubic", validator=_interpolation)
+    perturb: bool = attrs.field(default=False, validator=_boolean)
+    max_steps: int = attrs.field(default=_DEFAULT_MAX_STEPS, validator=_positive_int)
+
+    def __attrs_post_init__(self) -> None:
+        if self.dt is not None and self.grid is not None:
+            kind = type(self).__name__
+            raise odeplug.InvalidOptionError(
+                f"{kind}: dt and grid both say where the steps end; pass one of them: "
+                f"{kind}(dt={self.dt!r}) for a uniform grid, {kind}(grid=[...]) for your own."
+            )
 
 
 class RungeKutta(Solver):
@@ -202,17 +298,12 @@ class AdaptiveRungeKutta(RungeKutta):
             )
 
 
-@attrs.frozen(kw_only=True)
-class FixedStepRungeKutta(RungeKutta):
-    """Abstract: a fixed-step method. ``dt`` (required) is the step; the last step is shortened to
-    land on the final time. Outputs between steps come from the cubic Hermite through the step's
-    two ends and their slopes (F(t1, y1) is the next step's first stage: no extra evaluation)."""
+class FixedStepRungeKutta(FixedStep, RungeKutta):
+    """Abstract: a fixed-step Runge–Kutta method, its options :class:`FixedStep`'s (``dt``,
+    ``grid``, ``interpolation``, ``perturb``, ``max_steps``). The cubic interpolant costs no
+    extra evaluation: F(t1, y1) is the next step's first stage."""
 
-    dt: float = attrs.field(default=None, validator=_positive("dt"))
-    max_steps: int = attrs.field(default=_DEFAULT_MAX_STEPS, validator=_positive_int)
-
-    def __attrs_post_init__(self) -> None:
-        require_step_size(self)
+    __slots__ = ()
 
 
 @configuration
@@ -293,7 +384,8 @@ def register() -> None:
     @odeplug.register
     def make_stepper(solver: FixedStepRungeKutta, field: VectorField, layout: Layout):  # noqa: F811
         return RungeKuttaStepper(
-            solver.tableau, field, layout, dt=solver.dt, max_steps=solver.max_steps
+            solver.tableau, field, layout, adaptive=False, dt=solver.dt, grid=solver.grid,
+            interpolation=solver.interpolation, perturb=solver.perturb, max_steps=solver.max_steps,
         )
 
     @odeplug.register
@@ -302,7 +394,7 @@ def register() -> None:
         return solver.tableau.order
 
     odeplug.export(Dopri5, Tsit5, Bosh3, Euler, Midpoint, RK4, RungeKutta, AdaptiveRungeKutta,
-                   FixedStepRungeKutta)
+                   FixedStep, FixedStepRungeKutta)
     odeplug.export(Dopri8, Fehlberg2, AdaptiveHeun, Heun3, RK4ThreeEighths, Heun2)
 
 

@@ -9,6 +9,10 @@ Wanner, *Solving ODEs I*, sec. II.4) so that on the same problem odeplug takes t
 - initial step by Hairer's selection, which costs one extra evaluation;
 - time is float64 (or wider); stage times are cast to the state's dtype.
 
+Fixed steps (no error control) end where :func:`fixed_step_end` says: every ``dt``, on every
+output and stop time (``dt=None``), or on a given grid (whose inner times become stops of the
+solve, :func:`add_grid_stops`); see :class:`odeplug_solvers.FixedStep` for the options.
+
 Tensors only in the loop: one device synchronisation per attempted step.
 """
 
@@ -21,7 +25,10 @@ from odeplug import Layout, Step, Stepper, StepState, VectorField, final
 
 from ._tableau import ButcherTableau
 
-__all__ = ["RungeKuttaStepper"]
+__all__ = [
+    "RungeKuttaStepper", "add_grid_stops", "check_grid_ends", "exact_gap", "fixed_step_end",
+    "linear_interpolation", "unprimed",
+]
 
 _SAFETY, _IFACTOR, _DFACTOR = 0.9, 10.0, 0.2
 
@@ -33,7 +40,8 @@ class RungeKuttaStepper(Stepper):
     __slots__ = (
         "field", "tableau", "layout", "order", "dense_order", "max_steps", "adaptive", "rtol", "atol",
         "first_step", "dt", "_norm", "_norm_fn", "_coef", "_dtype", "_stage_is_end", "_t_end",
-        "min_step", "max_step", "last_dt", "_rtol", "_atol", "_stops", "_jumps",
+        "min_step", "max_step", "last_dt", "_rtol", "_atol", "_stops", "_jumps", "grid", "linear",
+        "perturb", "_to_outputs", "_origin",
     )
     supports_stops = True
 
@@ -51,8 +59,23 @@ class RungeKuttaStepper(Stepper):
         max_steps: int,
         min_step: float = 0.0,
         max_step: float | None = None,
+        adaptive: bool | None = None,
+        grid: tuple[float, ...] | None = None,
+        interpolation: str = "cubic",
+        perturb: bool = False,
     ) -> None:
+        """``adaptive`` (default: whether ``dt`` is None) picks error control; the fixed-step
+        options ``dt``, ``grid``, ``interpolation`` and ``perturb`` are :class:`FixedStep`'s."""
         self.field = field
+        self.adaptive = dt is None if adaptive is None else adaptive
+        self.grid = grid
+        self.linear = interpolation == "linear"
+        self.perturb = perturb and not self.adaptive
+        # dt=None and no grid: every step ends on the next output (or stop) time.
+        self._to_outputs = not self.adaptive and dt is None and grid is None
+        self._origin: tuple[torch.Tensor, torch.Tensor] | None = None  # of a dt grid
+        if grid is not None:
+            add_grid_stops(field, grid)
         self.min_step = float(min_step)
         self.max_step = None if max_step is None else float(max_step)
         self.last_dt: torch.Tensor | None = None
@@ -62,8 +85,9 @@ class RungeKuttaStepper(Stepper):
         self.layout = layout
         self.order = tableau.order
         self.dense_order = tableau.order - 1 if tableau.dense_order is None else tableau.dense_order
+        if self.linear:
+            self.dense_order = 1
         self.max_steps = max_steps
-        self.adaptive = dt is None
         self.rtol, self.atol = rtol, atol
         self.first_step, self.dt = first_step, dt
         self._norm = norm
@@ -91,19 +115,24 @@ class RungeKuttaStepper(Stepper):
     # -- which side of a jump f is evaluated on ------------------------------------------------
     def _after(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The time at which F is evaluated at the start of a step from solver time ``t``: ``t``
-        in ``dtype``, or the next float after it when ``t`` is a jump."""
+        in ``dtype``, or the next float after it when ``t`` is a jump (always, with perturb)."""
         ty = t.to(dtype)
-        if self._jumps is None:
+        if self._jumps is None and not self.perturb:
             return ty
         up = torch.nextafter(ty, torch.full_like(ty, float("inf")))
+        if self.perturb:
+            return up
         return torch.where((self._jumps == t.detach()).any(), up, ty)
 
     def _before(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The time of a step's end-of-step stages (c = 1): the float before ``t`` on a jump."""
+        """The time of a step's end-of-step stages (c = 1): the float before ``t`` on a jump
+        (always, with perturb)."""
         ty = t.to(dtype)
-        if self._jumps is None:
+        if self._jumps is None and not self.perturb:
             return ty
         down = torch.nextafter(ty, torch.full_like(ty, float("-inf")))
+        if self.perturb:
+            return down
         return torch.where((self._jumps == t.detach()).any(), down, ty)
 
     def _on_jump(self, t: torch.Tensor) -> torch.Tensor:
@@ -127,22 +156,23 @@ class RungeKuttaStepper(Stepper):
         (so ``step_from(t0, y0, dt)`` lands there too); its derivative is that of
         ``limit − t0`` (the end does not move with t0)."""
         shortened = t0 + h > limit
-        gap = limit - t0
-        g = gap.detach()
-        t0d, lim = t0.detach(), limit.detach()
-        g = torch.where(t0d + g == lim, g, g + (lim - (t0d + g)))
-        return shortened, torch.where(shortened, g + (gap - gap.detach()), h)
+        return shortened, torch.where(shortened, exact_gap(t0, limit), h)
 
     def _scaled_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self._norm_fn(self._norm, x, self.layout)
 
     def start(self, t0: torch.Tensor, y0: torch.Tensor, t_end: torch.Tensor) -> StepState:
         self._prepare(y0)
-        f0 = self.field(self._after(t0, y0.dtype), y0)
         if not self.adaptive:
-            h = torch.as_tensor(self.dt, dtype=t0.dtype, device=t0.device)
+            if self.grid is not None:
+                check_grid_ends(self.grid, self.field, t0, t_end)
             self._t_end = t_end
+            self._origin = (t0, torch.zeros_like(t0))
+            f0 = self.field(self._after(t0, y0.dtype), unprimed(y0) if self.perturb else y0)
+            # With dt=None the grid sets each step; h is then the span, never used as a size.
+            h = (t_end - t0).detach() if self.dt is None else t0.new_tensor(self.dt)
             return StepState(t0, y0, f0, h)
+        f0 = self.field(self._after(t0, y0.dtype), y0)
         if self.first_step is not None:
             h = torch.as_tensor(self.first_step, dtype=t0.dtype, device=t0.device)
         else:
@@ -272,21 +302,12 @@ class RungeKuttaStepper(Stepper):
         self, state: StepState, t_target: torch.Tensor, land: bool
     ) -> tuple[StepState, Step | None, tuple[bool, bool, bool, bool]]:
         t0, y0, f0, dt = state
-        end = t_target if land else self._t_end
-        remaining = end - t0
-        # Land exactly on the end time instead of overshooting it or leaving a sliver. That last
-        # step's size depends on the end time, and (unlike adaptive step sizes) is differentiated.
-        landed = remaining <= dt * (1 + 1e-9)
-        h = torch.where(landed, remaining, dt)
-        if self._stops is not None:
-            # Land on the next stop (the grid goes on from it with the same dt).
-            index = torch.searchsorted(self._stops, t0.detach().reshape(1), right=True)
-            nxt = self._stops[index].reshape(()).to(t0.dtype)
-            at_stop = (nxt < end) & (nxt - t0 <= dt * (1 + 1e-9))
-            _, to_stop = self._shorten(t0, nxt - t0 + 1, nxt)
-            h = torch.where(at_stop, to_stop, h)
-            landed = landed | at_stop
-        t1 = t0 + h
+        # Land exactly on the end time instead of overshooting it or leaving a sliver. That
+        # step's size depends on the end time and, unlike adaptive step sizes, is differentiated.
+        end = t_target if (land or self._to_outputs) else self._t_end
+        h, t1, landed, self._origin = fixed_step_end(
+            t0, None if self.dt is None else dt, end, self._stops, self._t_end, land, self._origin
+        )
         self.last_dt = h
         stages, _ = self._stages(t0, y0, f0, h, t1)
         y1 = torch.addmv(y0, stages.t(), self._coef["b"] * h.to(y0.dtype))
@@ -296,20 +317,37 @@ class RungeKuttaStepper(Stepper):
                 flags.append(self._on_jump(t1))
             status = torch.stack(flags).tolist()
         finite, size_ok, reached = status[:3]
-        f1 = self.field(self._before(t1, y0.dtype), y1)
-        if self.tableau.dense_uses_f1:
-            stages = torch.cat([stages, f1.unsqueeze(0)])
-        if self._jumps is not None and status[3]:
-            f_next = self.field(self._after(t1, y0.dtype), y1)
-            step = Step(t0, t1, y0, y1, stages, h, landed, None)
-        else:
-            f_next = f1
-            step = Step(t0, t1, y0, y1, stages, h, landed, f1)
+        on_jump = self._jumps is not None and status[3]
+        step, f_next = self._end_of_step(t0, t1, y0, y1, stages, h, landed, on_jump, next_stage=True)
         return StepState(t1, y1, f_next, dt), step, (True, finite, size_ok, reached)
+
+    def _end_of_step(
+        self, t0: torch.Tensor, t1: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor,
+        stages: torch.Tensor, h: torch.Tensor, landed: torch.Tensor, on_jump: bool, next_stage: bool,
+    ) -> tuple[Step, torch.Tensor | None]:
+        """A fixed (or non-FSAL) step's end: F(t1, y1), the dense output's last row and the next
+        step's first stage in one evaluation; after a jump, or with perturb, the next first stage
+        is F just after t1 (evaluated only if ``next_stage``) and the step hands no f1 on."""
+        dtype = y0.dtype
+        if not (on_jump or self.perturb):
+            f1 = self.field(t1.to(dtype), y1)
+            if self.tableau.dense_uses_f1:
+                stages = torch.cat([stages, f1.unsqueeze(0)])
+            return Step(t0, t1, y0, y1, stages, h, landed, f1), f1
+        if self.tableau.dense_uses_f1 and not self.linear:
+            # The interpolant's end slope: F just before a jump; with perturb, F at t1 itself,
+            # as torchdiffeq's cubic interpolation reads it.
+            t1y = t1.to(dtype)
+            at = torch.nextafter(t1y, torch.full_like(t1y, float("-inf"))) if on_jump else t1y
+            stages = torch.cat([stages, self.field(at, y1).unsqueeze(0)])
+        f_next = self.field(self._after(t1, dtype), y1) if next_stage else None
+        return Step(t0, t1, y0, y1, stages, h, landed, None), f_next
 
     def interpolate(self, step: Step, t: torch.Tensor) -> torch.Tensor:
         t0, t1, y0, stages = step.t0, step.t1, step.y0, step.stages
         theta = ((t - t0) / (t1 - t0)).to(y0.dtype)
+        if self.linear:
+            return linear_interpolation(theta, y0, step.y1)
         dense = self._coef["dense"]  # (stages, degree): b_i(θ) = Σ_p dense[i, p] θ^(p+1)
         exponents = torch.arange(1, dense.shape[1] + 1, device=y0.device, dtype=y0.dtype)
         h = (t1 - t0).to(y0.dtype)
@@ -319,11 +357,22 @@ class RungeKuttaStepper(Stepper):
         return torch.addmm(y0, weights * h, stages)
 
     def restart(self, state: StepState, y: torch.Tensor) -> StepState:
-        if self._jumps is not None:  # on a jump, F just after it
+        if self._jumps is not None or self.perturb:  # on a jump (or with perturb), F just after it
             return StepState(state.t, y, self.field(self._after(state.t, y.dtype), y), state.h)
         return StepState(state.t, y, self.field(state.t.to(y.dtype), y), state.h)
 
     def step_from(self, t0: torch.Tensor, y0: torch.Tensor, h: torch.Tensor) -> Step:
+        if self._to_outputs and t0.requires_grad and torch.is_grad_enabled():
+            # A replay differentiating the step's start (ACA's dL/dts) would take h as a
+            # constant or as a function of the last time, but here it is the difference of
+            # two output times, which (t0, y0, h) does not say: refuse rather than be wrong.
+            raise odeplug.UnsupportedCombinationError(
+                "with dt=None a fixed-step solver's steps end on the output times, so each step's "
+                "size is the difference of two of them, which a step recomputed from (t0, y0, h) "
+                "cannot differentiate (ACA's dL/dts). Use Direct() or a continuous adjoint "
+                "(Adjoint(), GQAdjoint(), GaussAdjoint()), give the solver dt= or grid=, or "
+                "leave ts without requires_grad (dL/dy0 and dL/dθ work)."
+            )
         self._prepare(y0)
         t1 = t0 + h
         f0 = self.field(self._after(t0, y0.dtype), y0)
@@ -335,10 +384,8 @@ class RungeKuttaStepper(Stepper):
             return Step(t0, t1, y0, last_input, stages, h, landed, None if on_jump else stages[-1])
         # As an accepted attempt: y1 from the weights, then F(t1, y1), the next first stage.
         y1 = torch.addmv(y0, stages.t(), self._coef["b"] * h.to(y0.dtype))
-        f1 = self.field(self._before(t1, y0.dtype), y1)
-        if self.tableau.dense_uses_f1:
-            stages = torch.cat([stages, f1.unsqueeze(0)])
-        return Step(t0, t1, y0, y1, stages, h, landed, None if on_jump else f1)
+        step, _ = self._end_of_step(t0, t1, y0, y1, stages, h, landed, on_jump, next_stage=False)
+        return step
 
 
 def flat_tolerance(name: str, value, layout: Layout, like: torch.Tensor):  # noqa: ANN001
@@ -381,3 +428,115 @@ def flat_tolerance(name: str, value, layout: Layout, like: torch.Tensor):  # noq
             ) from None
         flat.append(tensor.reshape(-1).to(dtype=like.dtype, device=like.device))
     return torch.cat(flat)
+
+
+def linear_interpolation(theta: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
+    """(1 − θ) y0 + θ y1 at θ (0-d: the flat state; 1-D: one row per θ), exactly y0 at θ = 0
+    and y1 at θ = 1, where its derivative in θ is zero: torchdiffeq's ``_linear_interp``
+    returns the end itself there (the output time only picks it)."""
+    if theta.dim() == 1:
+        theta = theta.unsqueeze(-1)
+    inside = (1 - theta) * y0 + theta * y1
+    return torch.where(theta == 1, y1, torch.where(theta == 0, y0, inside))
+
+
+def unprimed(y0: torch.Tensor) -> torch.Tensor:
+    """``y0`` as a new tensor object (a view, on its graph), so that the field evaluates afresh:
+    a rule may have primed F at the initial time itself (VectorField.prime matches the state
+    tensor only), and with perturb the first stage is at the float after it."""
+    return y0.view_as(y0)
+
+
+def exact_gap(t0: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+    """``limit − t0``, its value nudged so that ``t0 + gap == limit`` in floating point (a step of
+    that size lands there, and ``step_from(t0, y0, gap)`` too), its derivative that of
+    ``limit − t0``."""
+    gap = limit - t0
+    g = gap.detach()
+    t0d, lim = t0.detach(), limit.detach()
+    g = torch.where(t0d + g == lim, g, g + (lim - (t0d + g)))
+    return g + (gap - gap.detach())
+
+
+def fixed_step_end(
+    t0: torch.Tensor, dt: torch.Tensor | None, end: torch.Tensor, stops: torch.Tensor | None,
+    t_end: torch.Tensor, land: bool, origin: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Where a fixed step from ``t0`` ends (solver time): ``(h, t1, landed, origin)``.
+
+    With a step size ``dt``: the next grid time ``anchor + (k + 1)·dt`` (``origin`` = (anchor,
+    k), the grid's last restart and the steps since; computed from the anchor, not summed step
+    by step, so grid times carry no accumulated rounding, as torchdiffeq's ``arange(n)·dt +
+    t0``), or the next stop or ``end`` when within ``dt`` (1e-9 relative: no sliver of a last
+    step); the grid restarts from where a step landed. With ``dt=None``: the next stop or
+    ``end``, whichever comes first. A step that ends on one ends there exactly (``t1`` its
+    value, with the derivative of ``t0 + h``), and its size has the derivative of that time −
+    ``t0`` (a stop is a constant; ``end`` is an output time, differentiable). ``landed`` (see
+    :class:`Step`): it ended on a stop, on ``end`` with ``land``, or on the solve's last time
+    ``t_end``. Tensor operations only."""
+    false = torch.zeros((), dtype=torch.bool, device=t0.device)
+    at_stop = false
+    if stops is not None:
+        index = torch.searchsorted(stops, t0.detach().reshape(1), right=True)
+        nxt = stops[index].reshape(()).to(t0.dtype)
+    if dt is None:
+        limit = end
+        if stops is not None:
+            at_stop = nxt < end
+            limit = torch.where(at_stop, nxt, end)
+        h = exact_gap(t0, limit)
+        lands = torch.ones_like(false)
+    else:
+        slack = dt * (1 + 1e-9)
+        on_end = end - t0 <= slack
+        anchor, since = origin if origin is not None else (t0, torch.zeros_like(t0))
+        # A state the grid did not lead to (a caller's own) steps dt from where it is.
+        on_grid = t0.detach() == (anchor + since * dt).detach()
+        h = exact_gap(t0, torch.where(on_grid, anchor + (since + 1) * dt, t0 + dt))
+        h = torch.where(on_end, exact_gap(t0, end), h)
+        limit = end
+        if stops is not None:
+            # Land on the next stop (the grid goes on from it with the same dt).
+            at_stop = (nxt < end) & (nxt - t0 <= slack)
+            h = torch.where(at_stop, exact_gap(t0, nxt), h)
+            limit = torch.where(at_stop, nxt, end)
+        lands = on_end | at_stop
+    t1 = t0 + h
+    # t0 + h can miss the landing time by an ulp; a sliver of a step after it would cost a step.
+    t1 = torch.where(lands, t1 + (limit.detach() - t1.detach()), t1)
+    on_end = lands & ~at_stop
+    landed = at_stop | (on_end if land else on_end & (end >= t_end))
+    if dt is not None:
+        origin = (torch.where(lands, t1, anchor), torch.where(lands, torch.zeros_like(since), since + 1))
+    return h, t1, landed, origin
+
+
+def add_grid_stops(field: VectorField, grid: tuple[float, ...]) -> None:
+    """Make a grid's inner times stops of ``field`` (solver time, with the problem's own), so
+    that every step lands on them and every rule that reads ``field.stops`` (ACA's record of
+    where steps landed) sees them; its ends are the solve's own first and last times."""
+    inner = grid[1:-1]
+    if not inner:
+        return
+    times = torch.tensor(inner, dtype=torch.float64) * field.direction
+    if field.stops is not None:
+        times = torch.cat([field.stops[:-1], times.to(field.stops)])
+    inf = torch.full((1,), float("inf"), dtype=times.dtype, device=times.device)
+    field.stops = torch.cat([torch.unique(times), inf])
+
+
+def check_grid_ends(
+    grid: tuple[float, ...], field: VectorField, t0: torch.Tensor, t_end: torch.Tensor
+) -> None:
+    """Refuse a grid that does not run from the solve's first time to its last (either way round:
+    a backward solve runs it in reverse), to float32 rounding. Once per solve."""
+    ends = sorted(field.direction * value for value in (grid[0], grid[-1]))
+    wanted = (float(t0.detach()), float(t_end.detach()))
+    if all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(ends, wanted)):
+        return
+    first, last = (float(field.to_user_time(t)) for t in (t0.detach(), t_end.detach()))
+    raise odeplug.InvalidOptionError(
+        f"grid must start at ts[0] and end at ts[-1], got a grid from {grid[0]!r} to "
+        f"{grid[-1]!r} for a solve from {first!r} to {last!r}; make its first and last times "
+        "the first and last output times."
+    )
