@@ -80,7 +80,7 @@ def odeint(
     _check_rule(rule, where)
     if event_fn is not None:
         return _solve_until_event(func, y0, t, plan, rule, None, event_fn, method, options, where)
-    return _solve(func, y0, t, plan, lambda length: rule, params=None)
+    return _solve(func, y0, t, plan, lambda: rule, params=None)
 
 
 def odeint_adjoint(
@@ -156,10 +156,10 @@ def odeint_adjoint(
                 "place (on the rule, or with the adjoint_* arguments)."
             )
         if own:
-            def rule_for(length: float | None) -> GradientRule:
+            def rule_for() -> GradientRule:
                 return rule
-        else:
-            def rule_for(length: float | None) -> GradientRule:
+        else:  # built when the solve runs (a grid_constructor is called then, once)
+            def rule_for() -> GradientRule:
                 return attrs.evolve(rule, solver=backward.solver_for(func, y0, t))
     else:
         if given:
@@ -169,14 +169,14 @@ def odeint_adjoint(
                 "backward solve (Adjoint, GQAdjoint, GaussAdjoint)."
             )
 
-        def rule_for(length: float | None) -> GradientRule:
+        def rule_for() -> GradientRule:
             return rule
     params = None
     if adjoint_params is not None:
         # torchdiffeq leaves out the tensors that do not require grad.
         params = [p for p in adjoint_params if not isinstance(p, torch.Tensor) or p.requires_grad]
     if event_fn is not None:
-        return _solve_until_event(func, y0, t, plan, rule_for(None), params, event_fn, method,
+        return _solve_until_event(func, y0, t, plan, rule_for(), params, event_fn, method,
                                   options, where)
     return _solve(func, y0, t, plan, rule_for, params=params)
 
@@ -272,7 +272,7 @@ def _solve(
     y0: State,
     t: torch.Tensor,
     plan: _Method,
-    rule_for: Callable[[float | None], GradientRule],
+    rule_for: Callable[[], GradientRule],
     params: list[torch.Tensor] | None,
 ) -> State:
     _check_t(t)
@@ -282,7 +282,7 @@ def _solve(
     problem = ODEProblem(func, y0, t, params=params, **plan.problem)  # checks every input once
     # One solve, also for torchdiffeq's fixed grid without a step size: the fixed-step solver's
     # dt=None steps on the output times themselves.
-    return solve(problem, plan.solver_for(func, y0, t), rule_for(None)).ys
+    return solve(problem, plan.solver_for(func, y0, t), rule_for()).ys
 
 
 @attrs.frozen
