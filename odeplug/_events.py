@@ -93,19 +93,24 @@ def event_values(problem: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.T
 def locate_then_solve(problem: Any, solver: Any, rule: Any, options: dict[str, Any]) -> Solution:
     """:func:`odeplug.solve` for a problem with an ``event``: locate it, then solve up to it with
     ``rule`` and make the event time and state differentiable (see the module docstring)."""
-    t_event, counts = locate_event(problem, solver)
-    cut = problem.without_event(until=t_event)
+    t_event, step_end, counts = locate_event(problem, solver)
+    # Solving on to the end of the step the event was found in takes the search's very steps and
+    # reads y(t*) from the same dense output (on the event surface), instead of shortening the
+    # last step onto t*.
+    cut = problem.without_event(until=t_event, then=step_end)
     solution = _verbs.solve(cut, solver, rule, **options)
     stats: Stats = solution.stats
     stats.update(counts)
     if t_event is None:
         return Solution(solution.ys, solution.ts, stats)
     parts = solution.ys if problem.is_tuple else (solution.ys,)
+    upto = len(cut.ts) - int(bool(cut.ts[-1] != t_event))  # the rows up to t*, without the step end
+    parts = tuple(p[:upto] for p in parts)
     y_event = problem.layout.flatten(tuple(p[-1] for p in parts))
     t_out, y_out, index = event_state(problem, t_event, y_event)
     ends = problem.layout.unflatten(y_out.unsqueeze(0))
     ys = tuple(torch.cat([p[:-1], e]) for p, e in zip(parts, ends))
-    ts = torch.cat([solution.ts[:-1], t_out.reshape(1)])
+    ts = torch.cat([solution.ts[: upto - 1], t_out.reshape(1)])
     return Solution(ys if problem.is_tuple else ys[0], ts, stats, event_t=t_out, event_index=index)
 
 
@@ -126,16 +131,18 @@ def event_state(
     return t_out, y_out, index
 
 
-def locate_event(problem: Any, solver: Any) -> tuple[torch.Tensor | None, dict[str, int]]:
+def locate_event(
+    problem: Any, solver: Any
+) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, int]]:
     """Step without a graph from ``ts[0]`` until some event function changes sign; return
-    (t* in the dtype of ``ts``, or ``None`` when none does by ``ts[-1]``; the counts of this
-    search: ``nfe_event``, ``steps_accepted_event``, ``steps_rejected_event``,
-    ``event_evaluations``)."""
+    (t* in the dtype of ``ts``, or ``None`` when none does by ``ts[-1]``; the end of the step
+    t* was found in, in user time; the counts of this search: ``nfe_event``,
+    ``steps_accepted_event``, ``steps_rejected_event``, ``event_evaluations``)."""
     with torch.no_grad():
         run = _integrate_until_event(problem, solver, read_outputs=False)
     stats = {"nfe_event": run.nfe, "steps_accepted_event": run.counts.accepted,
              "steps_rejected_event": run.counts.rejected, "event_evaluations": run.evaluations}
-    return run.t_event, stats
+    return run.t_event, run.step_end, stats
 
 
 def solve_forward_until_event(problem: Any, solver: Any) -> Solution:
@@ -159,10 +166,12 @@ def solve_forward_until_event(problem: Any, solver: Any) -> Solution:
 @attrs.define
 class _EventRun:
     """What :func:`_integrate_until_event` found: t* (``None``: no event by ``ts[-1]``), the
-    flat outputs at the output times before it and, last, y at the detached t* (when read), the
-    stepper, its field and counts, and the number of event-function evaluations."""
+    end of the step it lies in (user time, the dtype of ``ts``), the flat outputs at the output
+    times before it and, last, y at the detached t* (when read), the stepper, its field and
+    counts, and the number of event-function evaluations."""
 
     t_event: torch.Tensor | None
+    step_end: torch.Tensor | None
     outputs: list[torch.Tensor]
     stepper: Stepper
     field: VectorField
@@ -229,7 +238,7 @@ def _integrate_until_event(problem: Any, solver: Any, *, read_outputs: bool) -> 
         return False
 
     advance(stepper, stepper.start(s[0], y0, s[-1]), s[-1], counts, on_step=on_step)
-    t_event = None
+    t_event = step_end = None
     if crossing:
         step = crossing[0]
         with torch.no_grad():  # t* is a constant of the graph: its derivative is _EventTime's
@@ -237,13 +246,14 @@ def _integrate_until_event(problem: Any, solver: Any, *, read_outputs: bool) -> 
                            step.t0.detach(), step.t1.detach())
         if bool(t_root <= s[-1]):
             t_event = to_user(t_root).to(problem.ts.dtype)
+            step_end = to_user(step.t1.detach()).to(problem.ts.dtype)
             if read_outputs:  # the outputs strictly before t*, then y at t* (as the user's dtype)
                 read(step, t_root, right=False)
                 t_solver = solver_times(t_event.reshape(1), problem.direction)
                 outputs.append(stepper.interpolate(step, t_solver))
         elif read_outputs:  # a crossing past the end: the step covers every output left
             read(step, s[-1], right=True)
-    return _EventRun(t_event, outputs, stepper, field, counts, calls[0])
+    return _EventRun(t_event, step_end, outputs, stepper, field, counts, calls[0])
 
 
 def _root(

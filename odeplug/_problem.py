@@ -98,13 +98,20 @@ class ODEProblem(Problem):
         self._callbacks = _resolve_callbacks(f, callbacks)
         self.event = check_event(event)
 
-    def without_event(self, until: torch.Tensor | None = None) -> ODEProblem:
+    def without_event(
+        self, until: torch.Tensor | None = None, then: torch.Tensor | None = None
+    ) -> ODEProblem:
         """The same problem with no event; with ``until`` (a 0-d time inside the span), its
-        output times cut there: those before ``until``, then ``until`` itself (detached)."""
+        output times cut there: those before ``until``, then ``until`` itself (detached), then
+        ``then`` (detached) if given and later still (the end of the step an event was found
+        in, so that a solve to it takes the same steps)."""
         ts = self.ts
         if until is not None:
             before = (ts - until) * self.direction < 0
-            ts = torch.cat([ts[before], until.detach().to(ts.dtype).reshape(1)])
+            ends = [until.detach().to(ts.dtype).reshape(1)]
+            if then is not None and float((then - until) * self.direction) > 0:
+                ends.append(then.detach().to(ts.dtype).reshape(1))
+            ts = torch.cat([ts[before], *ends])
         return ODEProblem(self.f, self.y0, ts, params=self.params, stop_times=self.stop_times,
                           jump_times=self.jump_times, callbacks=self.callbacks)
 

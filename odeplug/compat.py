@@ -257,13 +257,16 @@ def _solve_until_event(
     horizon = start + direction * _EVENT_HORIZON * max(1.0, abs(float(start)))
     span = torch.stack([t[0], horizon.to(t.dtype)])
     problem = ODEProblem(func, y0, span, params=params, event=event_fn, **plan.problem)
-    t_event, _ = locate_event(problem, plan.solver)
+    t_event, step_end, _ = locate_event(problem, plan.solver)
     if t_event is None:
         raise SolveError(
             f"{where}: event_fn did not cross zero before t={float(horizon):.6g}; check its sign "
             "along the solution."
         )
-    ys = solve(problem.without_event(until=t_event), plan.solver, rule).ys
+    # On to the end of the step the event was found in: the same steps, y(t*) from the same
+    # dense output (on the event surface, as torchdiffeq's), not from a last step shortened onto t*.
+    ys = solve(problem.without_event(until=t_event, then=step_end), plan.solver, rule).ys
+    ys = tuple(part[:2] for part in ys) if isinstance(ys, tuple) else ys[:2]
     return t_event.detach().to(t), ys
 
 
