@@ -123,12 +123,19 @@ def event_state(
     crossed (the least of them, each signed to start positive)."""
     values = event_values(problem)
     with torch.no_grad():
-        signs = torch.sign(values(problem.ts[0].to(problem.dtype), problem.flat_y0()))
-        index = int(torch.argmin(values(t_event.to(problem.dtype), y_event) * signs))
+        index = event_index(problem, t_event, y_event)
     event_inputs = _event_inputs(problem, values, t_event, y_event)
     spec = (problem.flat_field(), values, index)
     t_out, y_out = _EventTime.apply(spec, t_event.detach(), y_event, *event_inputs)
     return t_out, y_out, index
+
+
+def event_index(problem: Any, t_event: torch.Tensor, y_event: torch.Tensor) -> int:
+    """Which event function crossed at (t*, y*): the least of them, each signed to start
+    positive."""
+    values = event_values(problem)
+    signs = torch.sign(values(problem.ts[0].to(problem.dtype), problem.flat_y0()))
+    return int(torch.argmin(values(t_event.to(problem.dtype), y_event) * signs))
 
 
 def locate_event(
@@ -145,18 +152,26 @@ def locate_event(
     return run.t_event, run.step_end, stats
 
 
-def solve_forward_until_event(problem: Any, solver: Any) -> Solution:
+def solve_forward_until_event(problem: Any, solver: Any, *, through_event_time: bool = True) -> Solution:
     """The event solve of a rule that differentiates through the solver's own operations
     (Direct): one forward under autograd that reads the outputs before t*, locates t* without a
     graph and reads y(t*) from the dense output at the detached t*, so that ∂Y/∂p at fixed t*
     is on the graph; then t* and y* are made differentiable as in :func:`locate_then_solve`.
-    Half the evaluations of locating first and solving again."""
+    Half the evaluations of locating first and solving again.
+
+    ``through_event_time=False`` stops short of that last part: ``event_t`` detached and y(t*)
+    differentiated at a fixed t* (torchdiffeq's ``odeint(..., event_fn=...)``)."""
     run = _integrate_until_event(problem, solver, read_outputs=True)
     stats = forward_stats(run.field, run.counts, run.stepper)
     stats["event_evaluations"] = run.evaluations
     ys = torch.cat(run.outputs)
     if run.t_event is None:
         return Solution(problem.unflatten(ys), problem.ts, stats)
+    if not through_event_time:
+        ts = torch.cat([problem.ts[: len(ys) - 1], run.t_event.reshape(1)])
+        with torch.no_grad():
+            index = event_index(problem, run.t_event, ys[-1])
+        return Solution(problem.unflatten(ys), ts, stats, event_t=run.t_event, event_index=index)
     t_out, y_out, index = event_state(problem, run.t_event, ys[-1])
     ys = torch.cat([ys[:-1], y_out.unsqueeze(0)])
     ts = torch.cat([problem.ts[: len(ys) - 1], t_out.reshape(1)])

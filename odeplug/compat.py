@@ -22,7 +22,7 @@ import torch
 
 from ._dispatch import register
 from ._errors import InvalidArgumentError, InvalidOptionError, SolveError, UnsupportedCombinationError
-from ._events import event_state, locate_event
+from ._events import event_state, locate_event, solve_forward_until_event
 from ._layout import Layout
 from ._nouns import GradientRule, Norm, Solver, configuration
 from ._plugins import exported
@@ -257,12 +257,12 @@ def _solve_until_event(
     horizon = start + direction * _EVENT_HORIZON * max(1.0, abs(float(start)))
     span = torch.stack([t[0], horizon.to(t.dtype)])
     problem = ODEProblem(func, y0, span, params=params, event=event_fn, **plan.problem)
+    if type(rule) is exported()["Direct"]:  # one forward that stops at the event
+        solution = solve_forward_until_event(problem, plan.solver, through_event_time=False)
+        _check_event_found(solution.event_t, horizon, where)
+        return solution.event_t.to(t), solution.ys
     t_event, step_end, _ = locate_event(problem, plan.solver)
-    if t_event is None:
-        raise SolveError(
-            f"{where}: event_fn did not cross zero before t={float(horizon):.6g}; check its sign "
-            "along the solution."
-        )
+    _check_event_found(t_event, horizon, where)
     # On to the end of the step the event was found in: the same steps, y(t*) from the same
     # dense output (on the event surface, as torchdiffeq's), not from a last step shortened onto t*.
     ys = solve(problem.without_event(until=t_event, then=step_end), plan.solver, rule).ys
@@ -349,6 +349,14 @@ class _Method:
         raise InvalidArgumentError(
             f"{where}: unknown {prefix}method {method!r}; torchdiffeq's methods are "
             f"{', '.join(known)} (or pass an odeplug solver, e.g. {prefix}method=odeplug.Tsit5())."
+        )
+
+
+def _check_event_found(t_event: torch.Tensor | None, horizon: torch.Tensor, where: str) -> None:
+    if t_event is None:
+        raise SolveError(
+            f"{where}: event_fn did not cross zero before t={float(horizon):.6g}; check its sign "
+            "along the solution."
         )
 
 
