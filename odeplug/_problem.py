@@ -276,6 +276,13 @@ def _check_y0(y0: Any) -> tuple[bool, State]:
 
 
 def _check_floating(name: str, t: torch.Tensor) -> None:
+    if t.is_complex():
+        raise InvalidArgumentError(
+            f"ODEProblem: {name} is complex ({t.dtype}); odeplug solves real states. Solve its "
+            f"real and imaginary parts instead: y0 = torch.view_as_real({name}) (a trailing axis "
+            "of 2) with f returning torch.view_as_real(f_complex(t, torch.view_as_complex(y))), "
+            "or the tuple (y0.real, y0.imag)."
+        )
     if not torch.is_floating_point(t):
         raise InvalidArgumentError(
             f"ODEProblem: {name} must be a floating-point tensor, got dtype {t.dtype}; "

@@ -189,14 +189,17 @@ def test_float32_states_are_solved_in_float32():
     torch.testing.assert_close(ys[-1], y0 * math.exp(-1.0), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, raises=op.InvalidArgumentError, reason=(
-    "complex states: torchdiffeq solves a complex y0 (dy/dt = i y gives e^{it}); compat raises "
-    "InvalidArgumentError 'y0 must be a floating-point tensor ... use y0.float() or y0.double()' "
-    "-- advice that would drop the imaginary part (view_as_real is the workaround)"))
-def test_complex_states():
+def test_complex_states_are_refused_with_a_fix_that_keeps_the_imaginary_part():
+    """torchdiffeq solves a complex y0; odeplug solves real states and says how to split one
+    (y0.float() would drop the imaginary part). The fix it names gives e^{it}."""
     y0 = torch.tensor([1.0 + 0.0j, 0.5j], dtype=torch.complex128)
-    ys = compat.odeint(lambda t, y: 1j * y, y0, torch.tensor([0.0, 1.0], dtype=F64), rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(ys[-1], y0 * complex(math.cos(1.0), math.sin(1.0)), rtol=1e-7, atol=1e-8)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.raises(op.InvalidArgumentError, match=r"complex .* torch\.view_as_real"):
+        compat.odeint(lambda t, y: 1j * y, y0, t)
+    ys = compat.odeint(lambda t, y: torch.view_as_real(1j * torch.view_as_complex(y)), torch.view_as_real(y0), t,
+                       rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(torch.view_as_complex(ys[-1].contiguous()), y0 * complex(math.cos(1.0), math.sin(1.0)),
+                               rtol=1e-7, atol=1e-8)
 
 
 def test_jump_t_restarts_the_steps_at_a_discontinuity():
