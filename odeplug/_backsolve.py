@@ -132,14 +132,30 @@ class Backsolve:
     jump_time_gradient: torch.Tensor | float = 0.0
 
 
+class AdjointBlocks(tuple):
+    """The augmented state of a backward solve split into its blocks (z, a_z, a_θ…, a_t, in the
+    order of :class:`AdjointSystem`'s layout), as the ``*_adjoint`` step callbacks get it;
+    ``names`` names each block (``"z"``, ``"a_z"``, ``"a_θ[0]"``, …, ``"a_t"``; a tuple state's
+    blocks carry its index, ``"z[1]"``)."""
+
+    names: tuple[str, ...]
+
+    def __new__(cls, parts, names):  # noqa: ANN001, ANN204
+        blocks = super().__new__(cls, parts)
+        blocks.names = names
+        return blocks
+
+
 def _adjoint_callbacks(found, layout):  # noqa: ANN001, ANN202
     """torchdiffeq's ``callback_*_adjoint`` for the backward solve: called as
-    ``(t0, blocks, dt)`` with ``t0`` in user time and the augmented state split into its blocks
-    (z, a_z, a_θ…, a_t, in the order of :class:`AdjointSystem`'s layout)."""
+    ``(t0, blocks, dt)`` with ``t0`` in user time and the augmented state as
+    :class:`AdjointBlocks`."""
     if found is None:
         return None
+    names = layout.names
     return tuple(
-        None if cb is None else (lambda t, y, dt, cb=cb: cb(t, layout.unflatten(y), dt)) for cb in found
+        None if cb is None else (lambda t, y, dt, cb=cb: cb(t, AdjointBlocks(layout.unflatten(y), names), dt))
+        for cb in found
     )
 
 

@@ -14,6 +14,7 @@ instead; none is ignored. docs/coming-from-torchdiffeq.md maps every name.
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -256,7 +257,9 @@ def _solve_until_event(
     direction = 1.0 if bool(t[1] > t[0]) else -1.0
     horizon = start + direction * _EVENT_HORIZON * max(1.0, abs(float(start)))
     span = torch.stack([t[0], horizon.to(t.dtype)])
-    problem = ODEProblem(func, y0, span, params=params, event=event_fn, **plan.problem)
+    field, callbacks = _torchdiffeq_callbacks(func, y0)
+    problem = ODEProblem(field, y0, span, params=params, callbacks=callbacks, event=event_fn,
+                         **plan.problem)
     if type(rule) is exported()["Direct"]:  # one forward that stops at the event
         solution = solve_forward_until_event(problem, plan.solver, through_event_time=False)
         _check_event_found(solution.event_t, horizon, where)
@@ -282,7 +285,8 @@ def _solve(
     is_tuple = isinstance(y0, tuple)
     if len(t) == 1:  # torchdiffeq returns y0 alone, differentiably
         return tuple(part.unsqueeze(0) for part in y0) if is_tuple else y0.unsqueeze(0)
-    problem = ODEProblem(func, y0, t, params=params, **plan.problem)  # checks every input once
+    field, callbacks = _torchdiffeq_callbacks(func, y0)
+    problem = ODEProblem(field, y0, t, params=params, callbacks=callbacks, **plan.problem)
     # One solve, also for torchdiffeq's fixed grid without a step size: the fixed-step solver's
     # dt=None steps on the output times themselves.
     return solve(problem, plan.solver_for(func, y0, t), rule_for()).ys
@@ -350,6 +354,48 @@ class _Method:
             f"{where}: unknown {prefix}method {method!r}; torchdiffeq's methods are "
             f"{', '.join(known)} (or pass an odeplug solver, e.g. {prefix}method=odeplug.Tsit5())."
         )
+
+
+_CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
+_ADJOINT_CALLBACKS = ("callback_step_adjoint", "callback_accept_step_adjoint",
+                      "callback_reject_step_adjoint")
+
+
+def _torchdiffeq_callbacks(func: Callable[..., Any], y0: State) -> tuple[Callable[..., Any], Any]:
+    """(the field, the callbacks) for an ODEProblem: ``func`` itself when it has no adjoint step
+    callbacks; else a function calling it, and func's callbacks with the backward state handed
+    over in torchdiffeq's order, (a_t, y, a_y, *a_θ) with a_t 0-d and y, a_y flat for a tuple
+    state (odeplug's own order is (z, a_z, a_θ…, a_t)), so that torchdiffeq code unpacking it
+    reads what it expects."""
+    if not any(callable(getattr(func, name, None)) for name in _ADJOINT_CALLBACKS):
+        return func, None
+    is_tuple = isinstance(y0, tuple)
+
+    def joined(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([p.reshape(-1) for p in parts]) if is_tuple else parts[0]
+
+    def in_torchdiffeq_order(callback: Callable[..., Any]) -> Callable[..., Any]:
+        def called(t0: torch.Tensor, blocks: Any, dt: torch.Tensor) -> Any:
+            named = list(zip(blocks.names, blocks))
+            state = [b for n, b in named if n.startswith("z")]
+            adjoint = [b for n, b in named if n.startswith("a_z")]
+            params = [b for n, b in named if n.startswith("a_θ")]
+            a_t = [b.reshape(()) for n, b in named if n == "a_t"] or [state[0].new_zeros(())]
+            return callback(t0, (a_t[0], joined(state), joined(adjoint), *params), dt)
+
+        return called
+
+    callbacks = types.SimpleNamespace()
+    for name in (*_CALLBACKS, *_ADJOINT_CALLBACKS):
+        callback = getattr(func, name, None)
+        if callable(callback):
+            setattr(callbacks, name, in_torchdiffeq_order(callback) if name in _ADJOINT_CALLBACKS
+                    else callback)
+
+    def field(t: torch.Tensor, y: State) -> State:  # func without its callbacks, called once each
+        return func(t, y)
+
+    return field, callbacks
 
 
 def _check_event_found(t_event: torch.Tensor | None, horizon: torch.Tensor, where: str) -> None:

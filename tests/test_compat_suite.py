@@ -608,15 +608,13 @@ def test_adjoint_callbacks_are_called_in_the_backward_solve_only(method):
     assert 0.5 * theirs.calls["step_adjoint"] <= field.calls["step_adjoint"] <= 1.5 * theirs.calls["step_adjoint"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the *_adjoint callbacks get odeplug's augmented-state order, not torchdiffeq's: for a "
-    "tensor state y (2,) and one parameter k (2,), compat passes (y, a_y, a_k, a_t) with "
-    "shapes [(2,), (2,), (2,), (1,)], torchdiffeq (a_t, y, a_y, a_k) with shapes "
-    "[(), (2,), (2,), (2,)]; a callback unpacking `a_t, y, a_y, *a_params = y0` misreads it"))
-def test_adjoint_callbacks_get_torchdiffeqs_augmented_state():
+@pytest.mark.parametrize("tuple_state", [False, True], ids=["tensor", "tuple"])
+def test_adjoint_callbacks_get_torchdiffeqs_augmented_state(tuple_state):
+    """(a_t, y, a_y, *a_θ): a_t 0-d, y and a_y flat for a tuple state; at the backward solve's
+    first step y = y(T) and a_y = dL/dy(T), whatever the steps."""
     seen = {}
     for library in (compat, torchdiffeq):
-        shapes = []
+        first = []
 
         class Field(torch.nn.Module):
             def __init__(self):
@@ -624,16 +622,26 @@ def test_adjoint_callbacks_get_torchdiffeqs_augmented_state():
                 self.k = torch.nn.Parameter(torch.tensor([0.5, 0.2], dtype=F64))
 
             def forward(self, t, y):
+                if tuple_state:
+                    return -self.k[:1] * y[0], -self.k[1:] * y[1]
                 return -self.k * y
 
             def callback_accept_step_adjoint(self, t0, y0, dt):
-                shapes.append([tuple(part.shape) for part in y0])
+                if not first:
+                    first.append([part.detach().clone() for part in y0])
 
         ts = torch.tensor([0.0, 1.0], dtype=F64, requires_grad=True)
-        library.odeint_adjoint(Field(), torch.ones(2, dtype=F64), ts)[-1].sum().backward()
-        seen[library.__name__] = shapes[0]
-    assert seen["torchdiffeq"] == [(), (2,), (2,), (2,)]  # (a_t, y, a_y, a_k)
-    assert seen["odeplug.compat"] == seen["torchdiffeq"]
+        y0 = (torch.ones(1, dtype=F64), torch.ones(1, dtype=F64)) if tuple_state else torch.ones(2, dtype=F64)
+        ys = library.odeint_adjoint(Field(), y0, ts)
+        ends = torch.cat([p[-1] for p in ys]) if tuple_state else ys[-1]
+        (ends * torch.tensor([2.0, 3.0], dtype=F64)).sum().backward()
+        seen[library.__name__] = first[0]
+    theirs, ours = seen["torchdiffeq"], seen["odeplug.compat"]
+    assert [tuple(p.shape) for p in theirs] == [(), (2,), (2,), (2,)]  # (a_t, y, a_y, a_k)
+    assert [tuple(p.shape) for p in ours] == [tuple(p.shape) for p in theirs]
+    for name, a, b in zip(("y", "a_y"), ours[1:3], theirs[1:3]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8, msg=name)
+    torch.testing.assert_close(ours[2], torch.tensor([2.0, 3.0], dtype=F64))
 
 
 def test_callbacks_see_user_time_going_backwards():
