@@ -27,11 +27,13 @@ def _forward(tape):
 
     keep.count = 0
     ys = forward_outputs(tape, keep)  # the plain forward, counted
-    # All stops in solver time, in order, outputs told apart; none past the last output.
+    # All stops in solver time, in order, outputs told apart; none past the last output, and
+    # none where a step ended on an output time (that output is the checkpoint already).
     stops = torch.cat([tape.s, *[s[None] for s in kept_s]])
     states = torch.cat([ys, *[y[None] for y in kept_y]])
     order = torch.argsort(stops)
-    order = order[stops[order] <= tape.s[-1]]
+    on_output = (order >= len(tape.s)) & torch.isin(stops[order], tape.s)
+    order = order[(stops[order] <= tape.s[-1]) & ~on_output]
     tape.memo["is_output"] = (order < len(tape.s)).tolist()
     tape.saved = (states[order], stops[order])
     return ys
