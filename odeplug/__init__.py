@@ -43,8 +43,8 @@ from ._solve import reject_options, solve
 from ._stepping import Counts, Step, Stepper, StepState, VectorField, advance
 from ._integrate import integrate, solve_forward, solver_times
 from ._verbs import (
-    augment, controlled, exact_degree, first_order, interpolate, make_stepper, norm, order,
-    quadrature, sample, solve_until_event, terms, wong_zakai,
+    augment, bind_norm, controlled, exact_degree, first_order, interpolate, make_stepper, norm,
+    order, quadrature, sample, solve_until_event, terms, wong_zakai,
 )
 from ._events import solve_forward_until_event
 from ._quadrature import scaled_quadrature
@@ -81,7 +81,7 @@ __all__ = [
     "Noun", "Solver", "Norm", "GradientRule", "Quadrature", "WienerApproximation",
     # verbs and extension
     "register", "resolve", "resolve_norm", "export", "plugins", "PluginInfo", "PluginLoadWarning",
-    "make_stepper", "norm", "quadrature", "scaled_quadrature", "terms", "sample", "wong_zakai",
+    "make_stepper", "norm", "bind_norm", "quadrature", "scaled_quadrature", "terms", "sample", "wong_zakai",
     "order", "exact_degree", "interpolate", "controlled", "first_order", "augment",
     "solve_until_event", "configuration", "final", "reject_options",
     # the stepping contract

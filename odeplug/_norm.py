@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._dispatch import resolve
+from ._dispatch import register, resolve
 from ._errors import InvalidOptionError
 from ._layout import Layout
 from ._nouns import Norm
@@ -14,18 +14,19 @@ from ._nouns import Norm
 __all__ = ["resolve_norm"]
 
 
-def resolve_norm(norm: Norm, like: torch.Tensor, layout: Layout) -> Callable[..., torch.Tensor]:
-    """The plain function of ``odeplug.norm`` for (``norm``, a tensor like ``like``, ``layout``).
+def resolve_norm(norm: Norm, like: torch.Tensor, layout: Layout) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function x ↦ ‖x‖ a solve calls at every step, for errors like ``like`` with
+    ``layout``: :func:`odeplug.bind_norm`, so every dispatch happens here, once per solve.
 
-    Called once per solve; it also evaluates the norm once on ``like`` and checks that it
-    returns a 0-d tensor, so that a norm returning a Python float (which would make the step
-    loop synchronise and break on devices) or a vector (which would make the accept/reject
-    test ambiguous) fails here, naming the norm, and not deep inside a step."""
-    from ._verbs import norm as norm_verb
+    It also evaluates the norm once on ``like`` and checks that it returns a 0-d tensor, so that
+    a norm returning a Python float (which would make the step loop synchronise and break on
+    devices) or a vector (which would make the accept/reject test ambiguous) fails here, naming
+    the norm, and not deep inside a step."""
+    from ._verbs import bind_norm as bind
 
-    function = resolve(norm_verb, norm, like, layout)
+    function = bind(norm, like, layout)
     with torch.no_grad():
-        value = function(norm, like.detach().abs(), layout)
+        value = function(like.detach().abs())
     if not isinstance(value, torch.Tensor) or value.ndim != 0:
         what = (f"a {type(value).__name__}" if not isinstance(value, torch.Tensor)
                 else f"a tensor of shape {tuple(value.shape)}")
@@ -34,3 +35,15 @@ def resolve_norm(norm: Norm, like: torch.Tensor, layout: Layout) -> Callable[...
             "(e.g. x.abs().pow(2).mean().sqrt(), not float(...) or a per-element result)."
         )
     return function
+
+
+@register
+def bind_norm(norm: Norm, like: torch.Tensor, layout: Layout):
+    from ._verbs import norm as norm_verb
+
+    function = resolve(norm_verb, norm, like, layout)
+
+    def bound(x: torch.Tensor) -> torch.Tensor:
+        return function(norm, x, layout)
+
+    return bound

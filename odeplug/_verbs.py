@@ -7,6 +7,7 @@ from ._dispatch import generic
 __all__ = [
     "solve", "make_stepper", "norm", "quadrature", "terms", "sample", "wong_zakai", "order",
     "exact_degree", "interpolate", "controlled", "first_order", "augment", "solve_until_event",
+    "bind_norm",
 ]
 
 
@@ -38,6 +39,15 @@ def make_stepper(solver, field, layout):
 @generic
 def norm(norm, x, layout):
     """The size of the flat scaled error ``x`` (a 0-d tensor), knowing its block ``layout``."""
+
+
+@generic
+def bind_norm(norm, like, layout):
+    """The plain function x ↦ ‖x‖ (a 0-d tensor) a solve calls at every step, for flat errors
+    like ``like`` with :class:`Layout` ``layout``: everything dispatched once, here. The core's
+    method resolves :func:`norm` for the argument types and closes over ``norm`` and
+    ``layout``; a norm built on another (``Seminorm`` on its base) registers its own, which
+    binds its base once too, so that no step dispatches."""
 
 
 @generic

@@ -130,8 +130,7 @@ def _measure(norm: Norm, x: torch.Tensor, layout: Layout) -> torch.Tensor:
     """‖x‖ as a solve gets it: resolved once for (norm, x, layout), then called. Any error, or a
     result that is not a 0-d floating tensor on x's device, fails the property being checked."""
     try:
-        function = resolve_norm(norm, x, layout)
-        value = function(norm, x, layout)
+        value = resolve_norm(norm, x, layout)(x)
     except Exception as exc:  # noqa: BLE001 - a crash on an allowed input is the failure
         raise AssertionError(f"norm({type(norm).__name__}, x, layout) raised "
                              f"{type(exc).__name__}: {exc}") from exc

@@ -90,4 +90,20 @@ def register() -> None:
             return x.new_zeros(())
         return odeplug.norm(n.base, x[selector], kept)
 
+    @odeplug.register
+    def bind_norm(n: Seminorm, like: torch.Tensor, layout: Layout):
+        # The base norm bound once for the state blocks: no dispatch in the steps.
+        if not layout.has_integral_blocks:
+            return odeplug.bind_norm(n.base, like, layout)
+        kept, selector = layout.state_part()
+        if not kept.blocks:
+            return _no_error
+        base = odeplug.bind_norm(n.base, like[selector], kept)
+        return lambda x: base(x[selector])
+
     odeplug.export(RMSNorm, MaxNorm, MixedNorm, Seminorm)
+
+
+def _no_error(x: torch.Tensor) -> torch.Tensor:
+    """The seminorm of a state with nothing that feeds back: no error to control."""
+    return x.new_zeros(())

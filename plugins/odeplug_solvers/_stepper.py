@@ -159,7 +159,7 @@ class RungeKuttaStepper(Stepper):
         return shortened, torch.where(shortened, exact_gap(t0, limit), h)
 
     def _scaled_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self._norm_fn(self._norm, x, self.layout)
+        return self._norm_fn(x)
 
     def start(self, t0: torch.Tensor, y0: torch.Tensor, t_end: torch.Tensor) -> StepState:
         self._prepare(y0)
