@@ -349,7 +349,7 @@ class RungeKuttaStepper(Stepper):
         if self.linear:
             return linear_interpolation(theta, y0, step.y1)
         dense = self._coef["dense"]  # (stages, degree): b_i(θ) = Σ_p dense[i, p] θ^(p+1)
-        exponents = torch.arange(1, dense.shape[1] + 1, device=y0.device, dtype=y0.dtype)
+        exponents = self._coef["dense_exponents"]
         h = (t1 - t0).to(y0.dtype)
         if theta.dim() == 0:
             return torch.addmv(y0, stages.t(), (dense @ theta**exponents) * h)

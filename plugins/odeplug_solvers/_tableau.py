@@ -15,6 +15,8 @@ that form by :func:`hermite_dense_output` when the tableau is built.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 
 import attrs
@@ -66,7 +68,12 @@ class ButcherTableau:
         return self.b_error is not None
 
     def tensors(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-        """The coefficients as tensors (built once per solve, never per step)."""
+        """The coefficients as tensors, built once per tableau, dtype and device (shared by
+        every solve, which only reads them): ``a``, ``b``, ``c``, ``dense`` (and ``b_error``),
+        and ``dense_exponents`` 1, …, degree for evaluating the dense output's polynomials."""
+        return _tensors(self, dtype, device)
+
+    def _build_tensors(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
         s = self.stages
         a = torch.zeros(s, s, dtype=torch.float64)
         for i, row in enumerate(self.a):
@@ -77,10 +84,16 @@ class ButcherTableau:
             "b": torch.tensor(self.b, dtype=torch.float64),
             "c": torch.tensor(self.c, dtype=torch.float64),
             "dense": torch.tensor(self.dense, dtype=torch.float64),
+            "dense_exponents": torch.arange(1, len(self.dense[0]) + 1, dtype=torch.float64),
         }
         if self.b_error is not None:
             out["b_error"] = torch.tensor(self.b_error, dtype=torch.float64)
         return {k: v.to(dtype=dtype, device=device) for k, v in out.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _tensors(tableau: ButcherTableau, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    return tableau._build_tensors(dtype, device)
 
 
 def hermite_dense_output(
