@@ -71,44 +71,66 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("task", nargs="?", default="sines", help="task name (see --list)")
     bench.add_argument("--list", action="store_true", help="list the tasks and exit")
     bench.add_argument("--widths", type=_csv_ints, help="hidden widths, e.g. 200,1000")
-    bench.add_argument("--epochs", type=int, help="training steps per rule")
+    bench.add_argument("--epochs", help="training steps per rule")
     bench.add_argument("--rules", type=_rules,
                        help="rules to run, e.g. 'Direct,Adjoint(norm=Seminorm())' (default: all)")
     bench.add_argument("--tol", type=float, help="rtol = atol of the solver")
-    bench.add_argument("--repeats", type=int, help="timing repeats (tasks that time one solve)")
+    bench.add_argument("--repeats", help="timing rounds (tasks that time one solve)")
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    bench.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N")
+    bench.add_argument("--threads", metavar="N",
+                       help="torch intra-op threads for the task, set once before it runs "
+                            "(default: torch's current setting, shown above the table); "
+                            "1 on a shared machine")
     bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
-def _format(value: Any) -> str:
+def _format(value: Any, digits: int = 4) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
         if value == 0 or 1e-3 <= abs(value) < 1e5:
-            return f"{value:.4g}"
-        return f"{value:.2e}"
+            return f"{value:.{digits}g}"
+        return f"{value:.{digits - 2}e}"
     return str(value)
 
 
+def _spread_columns(rows: list[dict[str, Any]]) -> set[str]:
+    """Columns ``X`` with ``X_min`` and ``X_max`` beside them in some row (odeplug.bench.spread)."""
+    return {c for row in rows for c in row if f"{c}_min" in row and f"{c}_max" in row}
+
+
+def _cell_value(row: dict[str, Any], column: str, spreads: set[str]) -> str:
+    if column in spreads and f"{column}_min" in row and row.get(column) is not None:
+        low, high = row[f"{column}_min"], row[f"{column}_max"]
+        if low == high == row[column]:
+            return _format(row[column])
+        return f"{_format(row[column])} ({_format(low, 3)}–{_format(high, 3)})"
+    return _format(row.get(column))
+
+
 def print_table(rows: list[dict[str, Any]], out: Any = None) -> None:
+    """Rows as a table; a column ``X`` with ``X_min`` and ``X_max`` beside it is printed as one
+    column, ``median (min–max)``."""
     out = sys.stdout if out is None else out  # the stream now, not the one at import time
     if not rows:
         print("(no rows)", file=out)
         return
+    spreads = _spread_columns(rows)
+    hidden = {f"{c}_{end}" for c in spreads for end in ("min", "max")}
     columns: list[str] = []
     for row in rows:
-        columns += [c for c in row if c not in columns]
-    cells = [[_format(row.get(c)) for c in columns] for row in rows]
+        columns += [c for c in row if c not in columns and c not in hidden]
+    cells = [[_cell_value(row, c, spreads) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=out)
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(), file=out)
     print("  ".join("-" * w for w in widths), file=out)
     for r in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)), file=out)
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip(), file=out)
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -251,8 +273,57 @@ def _cell(text: str | None, width: int = 60) -> str | None:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+def _bench_error(message: str) -> int:
+    print(f"odeplug bench: {message}", file=sys.stderr)
+    return 2
+
+
+def _optional_positive(name: str, text: str | None) -> int | None:
+    """``text`` as a positive integer (None stays None); ValueError with a one-line message."""
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {text!r}")
+    return value
+
+
+def _check_device(text: str) -> str:
+    """``text`` if it names the CPU or an available CUDA device; ValueError with a one-line
+    message otherwise (the tasks put models and data on it and synchronise CUDA around timings)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {text!r} is not a torch device; use cpu or cuda[:N]") from None
+    if device.type == "cpu":
+        return "cpu"
+    if device.type != "cuda":
+        raise ValueError(f"--device {text!r}: the bench tasks run on cpu or cuda[:N]")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {text!r}: CUDA is not available here (torch {torch.__version__}"
+                         + (", a CPU-only build" if torch.version.cuda is None else "")
+                         + "); use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {text!r}: there are {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+def _facts_line(facts: dict[str, Any], why: str) -> str:
+    device = facts["device"] + (f" ({facts['gpu']})" if facts.get("gpu") else "")
+    return (f"threads {facts['threads']} ({why}; inter-op {facts['interop_threads']}) · "
+            f"torch {facts['torch']} · odeplug {facts['odeplug']} · Python {facts['python']} · "
+            f"{device} · CPU {facts['cpu']}")
+
+
 def _bench(args: argparse.Namespace) -> int:
-    from odeplug.bench import BenchOptions, tasks
+    from odeplug import InvalidArgumentError
+    from odeplug.bench import (RUN_FACTS, BenchOptions, run_facts, task_threads, tasks,
+                               torch_threads)
 
     available = tasks()
     if args.list:
@@ -260,21 +331,38 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"{name:12s} {summary}")
         return 0
     if args.task not in available:
-        print(f"odeplug bench: unknown task {args.task!r}; tasks: {', '.join(sorted(available))}",
-              file=sys.stderr)
-        return 2
+        return _bench_error(f"unknown task {args.task!r}; tasks: {', '.join(sorted(available))}")
+    try:  # every value is checked before anything runs: one line each, no traceback
+        threads = _optional_positive("--threads", args.threads)
+        repeats = _optional_positive("--repeats", args.repeats)
+        epochs = _optional_positive("--epochs", args.epochs)
+        device = _check_device(args.device)
+    except ValueError as exc:
+        return _bench_error(str(exc))
+    threads, why = task_threads(args.task, threads, device)
     options = BenchOptions(
-        widths=args.widths, epochs=args.epochs, rules=args.rules, tol=args.tol, seed=args.seed,
-        repeats=args.repeats, progress=not args.no_progress and sys.stderr.isatty(),
-        device=args.device,
+        widths=args.widths, epochs=epochs, rules=args.rules, tol=args.tol, seed=args.seed,
+        repeats=repeats, progress=not args.no_progress and sys.stderr.isatty(),
+        device=device, threads=threads,
     )
     fn, summary = available[args.task]
     print(f"odeplug bench {args.task}: {summary}")
-    rows = fn(options)
-    print_table(rows)
+    with torch_threads(threads):
+        facts = run_facts(device)  # as set for the task, before it runs
+        options.threads = facts["threads"]
+        print(_facts_line(facts, why), flush=True)
+        try:
+            rows = fn(options)
+        except InvalidArgumentError as exc:  # e.g. --rules naming no rule: one line
+            return _bench_error(" ".join(str(exc).split()))
+    shown = [{k: v for k, v in row.items() if k not in RUN_FACTS} for row in rows]
+    print_table(shown)
+    if any(_spread_columns([row]) for row in shown):
+        print("timed columns: median (min–max) over the timed rounds")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"task": args.task, "rows": rows}, fh, indent=2)
+            json.dump({"task": args.task, "run": facts,
+                       "rows": [{**row, **facts} for row in rows]}, fh, indent=2)
         print(f"wrote {args.json}")
     return 0
 

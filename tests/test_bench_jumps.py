@@ -23,7 +23,7 @@ def test_jumps_task_counts_fewer_rejected_steps_and_evaluations_with_jump_times(
         assert row["jumps"] >= 1, label
         assert row["rejected_with"] < row["rejected_without"], label
         assert row["nfe_with"] < row["nfe_without"], label
-        assert row["ratio_min"] <= row["time_ratio"] <= row["ratio_max"], label
+        assert row["time_ratio_min"] <= row["time_ratio"] <= row["time_ratio_max"], label
         assert row["threads"] >= 1, label
     # The linear path's 10 interior knots (12 observations) became the CDE's jump times.
     assert all(row["jumps"] == 10 for row in rows if row["problem"] == "cde")

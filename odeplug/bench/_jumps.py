@@ -22,21 +22,21 @@ tolerances through ``torchdiffeq.odeint``, counted by a wrapper and its step cal
 
 Counts are deterministic: every round must give the same ones (checked). ``time_ratio`` is the
 median over rounds of (time with jump times) / (time without), the two runs of a round back to
-back, with its min and max (for ``Adjoint backward`` a run is the forward solve and the backward
-pass); ``threads`` is torch's intra-op thread count.
+back, with its min and max (``time_ratio_min``, ``time_ratio_max``; for ``Adjoint backward`` a
+run is the forward solve and the backward pass). The rows compare each route with itself, so
+the two runs of a pair are what is interleaved; routes are not timed against each other.
 """
 
 from __future__ import annotations
 
 import functools
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from . import BenchOptions, task
+from . import BenchOptions, spread, task
 from ._progress import progress
 
 __all__ = ["jumps_bench"]
@@ -152,11 +152,11 @@ def _run(case: _Case, route: str, with_jumps: bool) -> dict[str, int]:
 
 
 def _timed(fn: Callable[[], dict[str, int]], device: str) -> tuple[float, dict[str, int]]:
-    if device != "cpu":
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
     counts = fn()
-    if device != "cpu":
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - start, counts
 
@@ -173,7 +173,6 @@ def jumps_bench(options: BenchOptions) -> list[dict[str, Any]]:
         _steps(options.device, *ode_tol),
         _cde(options.device, options.seed, *cde_tol),
     ]
-    threads = torch.get_num_threads()
     rows = []
     with progress(total=len(cases) * len(_ROUTES) * (rounds + 1), enabled=options.progress, desc="jumps") as bar:
         for case in cases:
@@ -201,7 +200,6 @@ def jumps_bench(options: BenchOptions) -> list[dict[str, Any]]:
                     "rejected_without": without["rejected"], "rejected_with": with_["rejected"],
                     "accepted_without": without["accepted"], "accepted_with": with_["accepted"],
                     "nfe_without": without["nfe"], "nfe_with": with_["nfe"],
-                    "time_ratio": statistics.median(ratios), "ratio_min": min(ratios),
-                    "ratio_max": max(ratios), "threads": threads,
+                    **spread("time_ratio", ratios),
                 })
     return rows

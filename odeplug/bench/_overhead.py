@@ -1,23 +1,37 @@
-"""Solver overhead: odeplug's Dopri5 against torchdiffeq's dopri5 on the same forward solve.
+"""Solver overhead: what odeplug's loop costs over the evaluations it makes, and against the
+PyTorch peers on the same solve.
 
-MLP vector field (width 64, two hidden layers, tanh), batch 16, rtol 1e-6, float32. Runs are
-interleaved so both see the same machine state; the row reports the median time ratio and both
-NFE counts (which must be equal: the step sequences are the same).
+MLP vector field (width 64, two hidden layers, tanh), batch 16, rtol 1e-6, float32. Two routes:
+
+- **Dopri5 forward** (no graph): odeplug's solve against the same number of bare evaluations of
+  the field (``net(y)`` called NFE times, timed alone: the floor any solver has), against
+  torchdiffeq's ``odeint(method="dopri5")`` (the same steps: the NFE must be equal), and against
+  torchode's Dopri5 when torchode is installed (its own step control per batch element, so its
+  NFE is reported beside).
+- **Adjoint backward**: the backward of ``odeplug.Adjoint`` against the same number of bare
+  evaluations of what each backward evaluation is (f with a graph and one VJP for the state
+  and the parameters), and against torchdiffeq's ``odeint_adjoint`` backward.
+
+Every timed quantity is measured in rounds, each route's variants interleaved within a round, and
+reported as median (min–max) of the per-round ratios.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from . import BenchOptions, task
+from . import BenchOptions, interleaved, spread, task
 from ._progress import progress
 
+_DIM, _BATCH = 4, 16
 
-@task("overhead", "forward-solve time of Dopri5 vs torchdiffeq.odeint(dopri5), same problem")
+
+@task("overhead", "loop cost over bare evaluations (Dopri5 forward, Adjoint backward); vs "
+      "torchdiffeq and torchode")
 def overhead(options: BenchOptions) -> list[dict[str, Any]]:
     import torchdiffeq
 
@@ -27,55 +41,153 @@ def overhead(options: BenchOptions) -> list[dict[str, Any]]:
     width = (options.widths or (64,))[0]
     tol = options.tol or 1e-6
     repeats = options.repeats or 30
-    dim = 4
+    device = options.device
     net = torch.nn.Sequential(
-        torch.nn.Linear(dim, width), torch.nn.Tanh(), torch.nn.Linear(width, width),
-        torch.nn.Tanh(), torch.nn.Linear(width, dim),
-    ).to(options.device)
-    field = lambda t, y: net(y)  # noqa: E731
-    y0 = torch.randn(16, dim, device=options.device)
-    ts = torch.linspace(0, 10, 20, device=options.device)
+        torch.nn.Linear(_DIM, width), torch.nn.Tanh(), torch.nn.Linear(width, width),
+        torch.nn.Tanh(), torch.nn.Linear(width, _DIM),
+    ).to(device)
+    params = tuple(net.parameters())
+    y0 = torch.randn(_BATCH, _DIM, device=device)
+    ts = torch.linspace(0, 10, 20, device=device)
+    counted = _Counted(net)
+
+    def synced(fn: Callable[[], Any]) -> Callable[[], float]:
+        def timed() -> float:
+            if device != "cpu":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device != "cpu":
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+        return timed
+
+    # -- Dopri5 forward -----------------------------------------------------------------------
     solver = odeplug.Dopri5(rtol=tol, atol=tol)
-    counter = {"nfe": 0}
 
-    def counted(t, y):
-        counter["nfe"] += 1
-        return net(y)
-
-    def ours() -> Any:
+    def ours_forward() -> Any:
         with torch.no_grad():
-            return odeplug.solve(odeplug.ODEProblem(field, y0, ts), solver)
+            return odeplug.solve(odeplug.ODEProblem(counted, y0, ts), solver)
 
-    def theirs() -> Any:
+    nfe = ours_forward().stats["nfe"]
+
+    def bare_forward() -> None:
+        with torch.no_grad():
+            for _ in range(nfe):
+                net(y0)
+
+    def torchdiffeq_forward() -> Any:
         with torch.no_grad():
             return torchdiffeq.odeint(counted, y0, ts, rtol=tol, atol=tol, method="dopri5")
 
-    def timed(fn: Any) -> float:
-        if options.device != "cpu":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if options.device != "cpu":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+    forward = {"odeplug": ours_forward, "bare evaluations": bare_forward,
+               "torchdiffeq": torchdiffeq_forward}
+    torchode_forward, torchode_nfe = _torchode(net, y0, ts, tol)
+    if torchode_forward is not None:
+        forward["torchode"] = torchode_forward
+    counted.nfe = 0
+    torchdiffeq_forward()
+    nfe_torchdiffeq = counted.nfe
 
-    for _ in range(3):  # warm-up
-        ours(), theirs()
-    ours_t, theirs_t = [], []
-    with progress(total=repeats, enabled=options.progress, desc="overhead") as bar:
-        for _ in range(repeats):
-            ours_t.append(timed(ours))
-            theirs_t.append(timed(theirs))
+    # -- Adjoint backward ---------------------------------------------------------------------
+    rule = odeplug.Adjoint()
+
+    def adjoint_forward() -> torch.Tensor:
+        return odeplug.solve(odeplug.ODEProblem(counted, y0, ts), solver, rule)
+
+    probe = adjoint_forward()
+    probe.ys.pow(2).sum().backward()
+    nfe_backward = probe.stats["nfe_backward"]
+    net.zero_grad()
+    cotangent = torch.ones_like(y0)
+
+    def bare_backward() -> None:
+        for _ in range(nfe_backward):
+            with torch.enable_grad():
+                y = y0.detach().requires_grad_(True)
+                torch.autograd.grad(net(y), (y, *params), cotangent)
+
+    backward_inputs: dict[str, Callable[[], torch.Tensor]] = {
+        "odeplug": lambda: adjoint_forward().ys.pow(2).sum(),
+        "torchdiffeq": lambda: torchdiffeq.odeint_adjoint(
+            counted, y0, ts, rtol=tol, atol=tol, method="dopri5", adjoint_params=params
+        ).pow(2).sum(),
+    }
+
+    def backward_of(make_loss: Callable[[], torch.Tensor]) -> Callable[[], float]:
+        def timed() -> float:  # the backward alone: the forward runs outside the clock
+            loss = make_loss()
+            seconds = synced(loss.backward)()
+            net.zero_grad()
+            return seconds
+
+        return timed
+
+    backward = {name: backward_of(make) for name, make in backward_inputs.items()}
+    backward["bare evaluations"] = synced(bare_backward)
+
+    timers = {("forward", name): synced(fn) for name, fn in forward.items()}
+    timers.update({("backward", name): fn for name, fn in backward.items()})
+    for timer in timers.values():  # warm-up
+        timer()
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in timers}
+    with progress(total=repeats * len(timers), enabled=options.progress, desc="overhead") as bar:
+        for _, key in interleaved(list(timers), repeats):
+            samples[key].append(timers[key]())
             bar.update(1)
-    counter["nfe"] = 0
-    theirs()
-    nfe_ours = ours().stats["nfe"]
-    ratios = [a / b for a, b in zip(ours_t, theirs_t)]
-    return [{
-        "width": width,
-        "odeplug_s": statistics.median(ours_t),
-        "torchdiffeq_s": statistics.median(theirs_t),
-        "time_ratio": statistics.median(ratios),
-        "nfe_odeplug": nfe_ours,
-        "nfe_torchdiffeq": counter["nfe"],
-    }]
+
+    def ratio(route: str, a: str, b: str) -> list[float]:
+        return [x / y for x, y in zip(samples[(route, a)], samples[(route, b)])]
+
+    forward_row: dict[str, Any] = {
+        "route": "Dopri5 forward", "width": width, "nfe": nfe, "nfe_torchdiffeq": nfe_torchdiffeq,
+        **spread("loop_over_evaluations", ratio("forward", "odeplug", "bare evaluations")),
+        **spread("vs_torchdiffeq", ratio("forward", "odeplug", "torchdiffeq")),
+        **spread("odeplug_s", samples[("forward", "odeplug")]),
+    }
+    if torchode_forward is not None:
+        forward_row.update(spread("vs_torchode", ratio("forward", "odeplug", "torchode")))
+        forward_row["nfe_torchode"] = torchode_nfe
+    backward_row: dict[str, Any] = {
+        "route": "Adjoint backward", "width": width, "nfe": nfe_backward,
+        **spread("loop_over_evaluations", ratio("backward", "odeplug", "bare evaluations")),
+        **spread("vs_torchdiffeq", ratio("backward", "odeplug", "torchdiffeq")),
+        **spread("odeplug_s", samples[("backward", "odeplug")]),
+    }
+    return [forward_row, backward_row]
+
+
+class _Counted(torch.nn.Module):
+    """The field ``net(y)``, counting its evaluations (for torchdiffeq's NFE)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.nfe = 0
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        return self.net(y)
+
+
+def _torchode(net: torch.nn.Module, y0: torch.Tensor, ts: torch.Tensor, tol: float
+              ) -> tuple[Callable[[], Any] | None, int | None]:
+    """torchode's Dopri5 on the same problem (eager, its own step control for each batch
+    element), and its mean NFE per element; ``(None, None)`` when torchode is not installed."""
+    try:
+        import torchode
+    except ImportError:
+        return None, None
+    term = torchode.ODETerm(lambda t, y: net(y))
+    method = torchode.Dopri5(term=term)
+    controller = torchode.IntegralController(atol=tol, rtol=tol, term=term)
+    solver = torchode.AutoDiffAdjoint(method, controller)
+    problem = torchode.InitialValueProblem(y0=y0, t_eval=ts.expand(len(y0), -1))
+
+    def run() -> Any:
+        with torch.no_grad():
+            return solver.solve(problem)
+
+    nfe = int(run().stats["n_f_evals"].float().mean())
+    return run, nfe

@@ -3,9 +3,10 @@
 ``gq``: one backward pass on the sines task per rule (GQAdjoint with its error-controlled
 default and with the paper's C = 0.1, GaussAdjoint, Adjoint, Adjoint(Seminorm), Direct) and
 ``torchdiffeq.odeint_adjoint``, with the time ratios the issues target (GQ / torchdiffeq,
-GQ / Adjoint). Our rules run in rounds, each once per round after its own warm-up, so that a
-change in the machine's speed hits all of them alike; ratios to Adjoint are medians of
-same-round ratios. Every row states torch's thread count.
+GQ / Adjoint). Every rule and torchdiffeq is warmed up once, then all run in ``--repeats``
+rounds (default 3), each once per round in an order rotated from round to round, so that a
+change in the machine's speed hits all of them alike; ``bwd_s`` is the median with min and max
+over the rounds, the ratios are medians (min, max) of same-round ratios.
 
 ``gq-accuracy``: the gradient error of GQAdjoint (error-controlled, and with the paper's
 C = 0.1), GaussAdjoint and Adjoint, same tolerances, on torchdiffeq's demo problem dy/dt = y³A
@@ -15,22 +16,23 @@ and on dz/dt = Az with a full 2×2 A over [0, 60] (closed-form gradients).
 ``spheres``: training-step time and final loss on nested spheres (Norcliffe & Deisenroth, sec.
 5.2): 2-D points, class 0 inside r < 0.4, class 1 in 0.7 < r < 0.9; an augmented neural ODE
 (3 zero dimensions), time-dependent MLP, t ∈ [0, 1], linear read-out, cross entropy, batch 200.
+The rules train identically initialised models step by step in turns (order rotated each round);
+the first round is an untimed warm-up; ``step_s`` is the median with min and max.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from typing import Any
 
 import torch
 
 import odeplug
-from odeplug.bench import BenchOptions, gradient_rules, task
+from odeplug.bench import BenchOptions, gradient_rules, interleaved, spread, task
 from odeplug.bench._progress import progress
 from odeplug.bench._models import softplus_mlp
-from odeplug.bench._sines import sines_backward
+from odeplug.bench._sines import SinesBackward
 
 
 def _rules_for(options: BenchOptions) -> dict[str, Any]:
@@ -50,32 +52,33 @@ def _rules_for(options: BenchOptions) -> dict[str, Any]:
 def gq_bench(options: BenchOptions) -> list[dict[str, Any]]:
     widths = options.widths or (200,)
     tol = options.tol or 1e-3
-    repeats = options.repeats or 1
+    repeats = options.repeats or 3
     rules = _rules_for(options)
-    threads = torch.get_num_threads()
     reference_name = "torchdiffeq odeint_adjoint"
     rows = []
-    with progress(total=len(widths) * (len(rules) * repeats + 1), enabled=options.progress, desc="gq") as bar:
+    with progress(total=len(widths) * (len(rules) + 1) * (repeats + 1), enabled=options.progress,
+                  desc="gq") as bar:
         for width in widths:
-            reference = sines_backward("torchdiffeq", width, 50, tol, options.seed, repeats, options.device)
-            bar.update(1)
-            times: dict[str, list[float]] = {name: [] for name in rules}
-            last: dict[str, dict[str, Any]] = {}
-            for _ in range(repeats):
-                for name, rule in rules.items():
-                    last[name] = sines_backward(rule, width, 50, tol, options.seed, 1, options.device)
-                    times[name].append(last[name]["backward_s"])
-                    bar.update(1)
-            adjoint = times.get("Adjoint")
-            for name in [*rules, reference_name]:
-                r = reference if name == reference_name else last[name]
-                own = [reference["backward_s"]] if name == reference_name else times[name]
+            runs = {name: SinesBackward(rule, width, 50, tol, options.seed, options.device)
+                    for name, rule in rules.items()}
+            runs[reference_name] = SinesBackward("torchdiffeq", width, 50, tol, options.seed, options.device)
+            results: dict[str, list[tuple[float, int, int]]] = {name: [] for name in runs}
+            for run in runs.values():  # warm-up: first-call costs of autograd and allocators
+                run()
+                bar.update(1)
+            for _, name in interleaved(list(runs), repeats):  # every run once per round, rotated
+                results[name].append(runs[name]())
+                bar.update(1)
+            reference = [r[0] for r in results[reference_name]]
+            adjoint = [r[0] for r in results["Adjoint"]] if "Adjoint" in results else None
+            for name, got in results.items():
+                own = [r[0] for r in got]
                 rows.append({
-                    "rule": name, "width": width, "threads": threads, "nfe_fwd": r["nfe_forward"],
-                    "nfe_bwd": r["nfe_backward"], "bwd_s": statistics.median(own),
-                    "vs_torchdiffeq": statistics.median(own) / reference["backward_s"],
-                    "vs_Adjoint": None if adjoint is None or name == reference_name else
-                    statistics.median(a / b for a, b in zip(own, adjoint)),
+                    "rule": name, "width": width, "nfe_fwd": got[-1][1], "nfe_bwd": got[-1][2],
+                    **spread("bwd_s", own),
+                    **spread("vs_torchdiffeq", (a / b for a, b in zip(own, reference))),
+                    **(spread("vs_Adjoint", (a / b for a, b in zip(own, adjoint)))
+                       if adjoint is not None and name != reference_name else {"vs_Adjoint": None}),
                 })
     return rows
 
@@ -83,39 +86,42 @@ def gq_bench(options: BenchOptions) -> list[dict[str, Any]]:
 class CubicDemo(torch.nn.Module):
     """torchdiffeq's examples/ode_demo.py: dy/dt = y³A, y0 = [[2, 0]], t ∈ [0, 25]."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         super().__init__()
-        self.A = torch.nn.Parameter(torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64))
+        self.A = torch.nn.Parameter(torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64,
+                                                 device=device))
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (y**3) @ self.A
 
 
-def _demo(rule: Any, outputs: int, tol: float) -> tuple[list[torch.Tensor], dict]:
+def _demo(rule: Any, outputs: int, tol: float, device: str = "cpu") -> tuple[list[torch.Tensor], dict]:
     """dL/dA and dL/dy0 for L = Σ_k w_k |y(t_k)|² (w from 1 to 2), outputs uniform on [0, 25]."""
-    field = CubicDemo()
-    y0 = torch.tensor([[2.0, 0.0]], dtype=torch.float64, requires_grad=True)
-    ts = torch.linspace(0.0, 25.0, outputs, dtype=torch.float64)
+    f64 = dict(dtype=torch.float64, device=device)
+    field = CubicDemo(device)
+    y0 = torch.tensor([[2.0, 0.0]], **f64, requires_grad=True)
+    ts = torch.linspace(0.0, 25.0, outputs, **f64)
     sol = odeplug.solve(odeplug.ODEProblem(field, y0, ts), odeplug.Dopri5(rtol=tol, atol=tol), rule)
-    loss = (torch.linspace(1, 2, outputs, dtype=torch.float64).view(-1, 1, 1) * sol.ys).pow(2).sum()
+    loss = (torch.linspace(1, 2, outputs, **f64).view(-1, 1, 1) * sol.ys).pow(2).sum()
     g_y0, g_A = torch.autograd.grad(loss, [y0, field.A])
     return [g_A, g_y0], sol.stats
 
 
-def _linear_matrix(rule: Any, tol: float,
-                   T: float = 60.0) -> tuple[list[torch.Tensor], list[torch.Tensor], dict]:
+def _linear_matrix(rule: Any, tol: float, T: float = 60.0,
+                   device: str = "cpu") -> tuple[list[torch.Tensor], list[torch.Tensor], dict]:
     """dz/dt = Az, A = [[−0.01, −2], [2, −0.01]] (a full 2×2 parameter), z0 = (1, 0), L = z_1(T)²:
     (dL/dA, dL/dz0, dL/dT) and their closed forms (dL/dA from the block matrix exponential)."""
-    A = torch.nn.Parameter(torch.tensor([[-0.01, -2.0], [2.0, -0.01]], dtype=torch.float64))
-    z0 = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
-    ts = torch.tensor([0.0, T], dtype=torch.float64, requires_grad=True)
+    f64 = dict(dtype=torch.float64, device=device)
+    A = torch.nn.Parameter(torch.tensor([[-0.01, -2.0], [2.0, -0.01]], **f64))
+    z0 = torch.tensor([1.0, 0.0], **f64, requires_grad=True)
+    ts = torch.tensor([0.0, T], **f64, requires_grad=True)
     problem = odeplug.ODEProblem(lambda t, z: A @ z, z0, ts, params=[A])
     sol = odeplug.solve(problem, odeplug.Dopri5(rtol=tol, atol=tol), rule)
     g_A, g_z0, g_ts = torch.autograd.grad(sol.ys[-1, 0] ** 2, [A, z0, ts])
     a, x0 = A.detach(), z0.detach()
     zT = torch.linalg.matrix_exp(a * T) @ x0
-    g = torch.stack([2 * zT[0], torch.zeros((), dtype=torch.float64)])
-    block = torch.zeros(4, 4, dtype=torch.float64)
+    g = torch.stack([2 * zT[0], torch.zeros((), **f64)])
+    block = torch.zeros(4, 4, **f64)
     block[:2, :2] = block[2:, 2:] = a.T
     block[:2, 2:] = torch.outer(g, x0)
     exact = [torch.linalg.matrix_exp(block * T)[:2, 2:], torch.linalg.matrix_exp(a.T * T) @ g, g @ a @ zT]
@@ -123,7 +129,7 @@ def _linear_matrix(rule: Any, tol: float,
 
 
 def _relative(got: list[torch.Tensor], exact: list[torch.Tensor]) -> list[float]:
-    return [float((g - e).norm() / e.norm()) for g, e in zip(got, exact)]
+    return [float((g - e.to(g.device)).norm() / e.norm()) for g, e in zip(got, exact)]
 
 
 @task("gq-accuracy",
@@ -145,11 +151,11 @@ def gq_accuracy(options: BenchOptions) -> list[dict[str, Any]]:
     total = 2 * len(tols) * len(rules) + len(tols) * len(rules)
     with progress(total=total, enabled=options.progress, desc="gq-accuracy") as bar:
         for outputs in (2, 26):
-            reference, _ = _demo(odeplug.Direct(), outputs, 1e-12)
+            reference, _ = _demo(odeplug.Direct(), outputs, 1e-12, options.device)
             for tol in tols:
                 results = {}
                 for name, rule in rules.items():
-                    got, stats = _demo(rule, outputs, tol)
+                    got, stats = _demo(rule, outputs, tol, options.device)
                     results[name] = (_relative(got, reference), stats)
                     bar.update(1)
                 adjoint = results.get("Adjoint", (None,))[0]
@@ -157,7 +163,7 @@ def gq_accuracy(options: BenchOptions) -> list[dict[str, Any]]:
         for tol in tols:
             results = {}
             for name, rule in rules.items():
-                got, exact, stats = _linear_matrix(rule, tol)
+                got, exact, stats = _linear_matrix(rule, tol, device=options.device)
                 results[name] = (_relative(got, exact), stats)
                 bar.update(1)
             adjoint = results.get("Adjoint", (None,))[0]
@@ -198,25 +204,48 @@ def spheres_bench(options: BenchOptions) -> list[dict[str, Any]]:
     rows = []
     with progress(total=len(widths) * len(rules) * epochs, enabled=options.progress, desc="spheres") as bar:
         for width in widths:
-            for name, rule in rules.items():
-                torch.manual_seed(options.seed)
-                field = SpheresField(5, width).to(options.device)
-                readout = torch.nn.Linear(5, 2).to(options.device)
-                optimiser = torch.optim.Adam([*field.parameters(), *readout.parameters()], lr=1e-3)
-                times, nfe_b, loss_value = [], [], float("nan")
-                for _ in range(epochs):
-                    start = time.perf_counter()
-                    optimiser.zero_grad()
-                    sol = odeplug.solve(odeplug.ODEProblem(field, z0, ts), odeplug.Dopri5(rtol=tol, atol=tol), rule)
-                    loss = torch.nn.functional.cross_entropy(readout(sol.ys[-1]), labels)
-                    loss.backward()
-                    optimiser.step()
-                    if options.device != "cpu":
-                        torch.cuda.synchronize()
-                    times.append(time.perf_counter() - start)
-                    nfe_b.append(sol.stats.get("nfe_backward"))
-                    loss_value = float(loss.detach())
-                    bar.update(1)
-                rows.append({"rule": name, "width": width, "step_s": statistics.median(times),
-                             "nfe_bwd": nfe_b[-1], "final_loss": loss_value})
+            trainers = {name: _SpheresTrainer(rule, width, tol, options.seed, options.device)
+                        for name, rule in rules.items()}
+            # Every rule one training step per round, the order rotated from round to round;
+            # round 0 (a step like the others) is a warm-up, untimed, when there are two or more.
+            for epoch, name in interleaved(list(trainers), epochs):
+                trainers[name].step(z0, ts, labels, timed=epochs == 1 or epoch > 0)
+                bar.update(1)
+            for name, trainer in trainers.items():
+                rows.append({"rule": name, "width": width, **spread("step_s", trainer.times),
+                             "nfe_bwd": trainer.nfe_backward, "final_loss": trainer.loss})
     return rows
+
+
+class _SpheresTrainer:
+    """One rule training its own field and read-out (seeded: identical for every rule)."""
+
+    def __init__(self, rule: Any, width: int, tol: float, seed: int, device: str) -> None:
+        torch.manual_seed(seed)
+        self.rule, self.device = rule, device
+        self.field = SpheresField(5, width).to(device)
+        self.readout = torch.nn.Linear(5, 2).to(device)
+        self.optimiser = torch.optim.Adam([*self.field.parameters(), *self.readout.parameters()], lr=1e-3)
+        self.solver = odeplug.Dopri5(rtol=tol, atol=tol)
+        self.times: list[float] = []
+        self.nfe_backward: int | None = None
+        self.loss = float("nan")
+
+    def step(self, z0: torch.Tensor, ts: torch.Tensor, labels: torch.Tensor, timed: bool) -> None:
+        _sync(self.device)
+        start = time.perf_counter()
+        self.optimiser.zero_grad()
+        sol = odeplug.solve(odeplug.ODEProblem(self.field, z0, ts), self.solver, self.rule)
+        loss = torch.nn.functional.cross_entropy(self.readout(sol.ys[-1]), labels)
+        loss.backward()
+        self.optimiser.step()
+        _sync(self.device)
+        if timed:
+            self.times.append(time.perf_counter() - start)
+        self.nfe_backward = sol.stats.get("nfe_backward")
+        self.loss = float(loss.detach())
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()

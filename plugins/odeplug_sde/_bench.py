@@ -24,17 +24,20 @@ the model's initialisation, so the routes start from identical models (``test_kl
 paper's Table 5 learning rates (1e-3 … 1e-4) are for 100 epochs; this short run uses 1e-2, so
 the default run measures speed; run more epochs (``--epochs 20``) to compare the learnt KL.
 
-Columns: ``epoch_s`` median wall time of an epoch; ``nfe_forward``/``nfe_backward`` median
-per batch (drift evaluations); ``test_kl`` mean over seeds ± ``test_kl_sd``; ``speedup`` =
-SDE Adjoint's epoch time / this route's; ``kl_in_sde_spread``: |test_kl − mean of the SDE
-routes' runs| ≤ 2 × their standard deviation (over both SDE rules and all seeds). On CPU the
-task runs with one intra-op thread (unless ``OMP_NUM_THREADS`` is set): the MLPs are tiny.
+Within a seed the routes train epoch by epoch in turns (each round every route one epoch, the
+order rotated from round to round), so that a change in the machine's speed hits them alike.
+
+Columns: ``epoch_s`` wall time of an epoch, median with min and max over every epoch of every
+seed; ``nfe_forward``/``nfe_backward`` median per batch (drift evaluations); ``test_kl`` mean
+over seeds ± ``test_kl_sd``; ``speedup`` = SDE Adjoint's median epoch time / this route's;
+``kl_in_sde_spread``: |test_kl − mean of the SDE routes' runs| ≤ 2 × their standard deviation
+(over both SDE rules and all seeds). On CPU the task runs with one intra-op thread unless
+``--threads`` or ``OMP_NUM_THREADS`` says otherwise: the MLPs are tiny.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from typing import Any
@@ -42,11 +45,11 @@ from typing import Any
 import torch
 
 import odeplug
-from odeplug.bench import BenchOptions, gradient_rules, task
+from odeplug.bench import BenchOptions, gradient_rules, interleaved, spread, task
 from odeplug.bench._models import softplus_mlp
 from odeplug.bench._progress import progress
 
-__all__ = ["OUData", "TimeMLP", "gaussian_kl", "train_ou"]
+__all__ = ["OUData", "OUTrainer", "TimeMLP", "gaussian_kl", "train_ou"]
 
 MU, THETA, SIGMA, PHI = 0.2, 0.1, 0.6, 0.15
 TRAIN_ICS, TEST_ICS, SAMPLES, BATCH = 20, 10, 45, 10
@@ -103,63 +106,80 @@ def _test_kl(drift: TimeMLP, diffusion: TimeMLP, data: OUData, seed: int) -> flo
     return float(gaussian_kl(data.mean, data.var, mean, var))
 
 
-def train_ou(route: str, rule: Any, width: int, epochs: int, seed: int, tol: float,
-             train: OUData, test: OUData, device: str = "cpu", tick: Any = None) -> dict[str, Any]:
-    """Train one model along ``route`` ("WZ" or "SDE") with ``rule``; return timings and test KL."""
-    torch.manual_seed(seed)
-    drift, diffusion = TimeMLP(width).to(device), TimeMLP(width).to(device)
-    params = [*drift.parameters(), *diffusion.parameters()]
-    optimiser = torch.optim.Adam(params, lr=LEARNING_RATE)
-    generator = torch.Generator().manual_seed(seed + 1)  # batch order and noise; never the global RNG
-    ode_solver = odeplug.Dopri5(rtol=tol, atol=tol)
-    sde_solver = odeplug.SDESolver(method="reversible_heun", dt=DT)
-    epoch_times, nfe_forward, nfe_backward = [], [], []
-    for _ in range(epochs):
-        order = torch.randperm(len(train.x0), generator=generator).to(device)
+class OUTrainer:
+    """One route ("WZ" or "SDE") with ``rule`` training its own drift and diffusion (seeded:
+    every route starts from the same models); :meth:`epoch` is one timed epoch."""
+
+    def __init__(self, route: str, rule: Any, width: int, seed: int, tol: float, train: OUData,
+                 device: str = "cpu") -> None:
+        torch.manual_seed(seed)
+        self.route, self.rule, self.train, self.device = route, rule, train, device
+        self.drift, self.diffusion = TimeMLP(width).to(device), TimeMLP(width).to(device)
+        self.params = [*self.drift.parameters(), *self.diffusion.parameters()]
+        self.optimiser = torch.optim.Adam(self.params, lr=LEARNING_RATE)
+        # Batch order and noise; never the global RNG.
+        self.generator = torch.Generator().manual_seed(seed + 1)
+        self.ode_solver = odeplug.Dopri5(rtol=tol, atol=tol)
+        self.sde_solver = odeplug.SDESolver(method="reversible_heun", dt=DT)
+        self.epoch_times: list[float] = []
+        self.nfe_forward: list[int] = []
+        self.nfe_backward: list[int | None] = []
+
+    def epoch(self) -> None:
+        train = self.train
+        order = torch.randperm(len(train.x0), generator=self.generator).to(self.device)
+        _sync(self.device)
         start = time.perf_counter()
         for batch in order.split(BATCH):
             y0 = train.x0[batch].repeat_interleave(SAMPLES)[:, None]
-            problem = odeplug.SDEProblem(drift, diffusion, y0, train.ts, params=params)
-            if route == "WZ":
-                sol = odeplug.solve(problem, ode_solver, rule, wiener=odeplug.KarhunenLoeve(terms=KL_TERMS),
-                                    generator=generator)
+            problem = odeplug.SDEProblem(self.drift, self.diffusion, y0, train.ts, params=self.params)
+            if self.route == "WZ":
+                sol = odeplug.solve(problem, self.ode_solver, self.rule,
+                                    wiener=odeplug.KarhunenLoeve(terms=KL_TERMS), generator=self.generator)
             else:
-                sol = odeplug.solve(problem, sde_solver, rule, generator=generator)
+                sol = odeplug.solve(problem, self.sde_solver, self.rule, generator=self.generator)
             mean, var = _model_moments(sol.ys, len(batch))
             loss = gaussian_kl(train.mean[:, batch], train.var[:, batch], mean, var)
-            optimiser.zero_grad()
+            self.optimiser.zero_grad()
             loss.backward()
-            optimiser.step()
-            nfe_forward.append(sol.stats["nfe"])
-            nfe_backward.append(sol.stats.get("nfe_backward"))
-        if device != "cpu":
-            torch.cuda.synchronize()
-        epoch_times.append(time.perf_counter() - start)
+            self.optimiser.step()
+            self.nfe_forward.append(sol.stats["nfe"])
+            self.nfe_backward.append(sol.stats.get("nfe_backward"))
+        _sync(self.device)
+        self.epoch_times.append(time.perf_counter() - start)
+
+    def result(self, test: OUData) -> dict[str, Any]:
+        return {
+            **spread("epoch_s", self.epoch_times),
+            "nfe_forward": statistics.median(self.nfe_forward),
+            "nfe_backward": None if self.nfe_backward[0] is None else statistics.median(self.nfe_backward),
+            "test_kl": _test_kl(self.drift, self.diffusion, test, seed=10_000),
+        }
+
+
+def train_ou(route: str, rule: Any, width: int, epochs: int, seed: int, tol: float,
+             train: OUData, test: OUData, device: str = "cpu", tick: Any = None) -> dict[str, Any]:
+    """Train one model along ``route`` ("WZ" or "SDE") with ``rule``; return timings and test KL."""
+    trainer = OUTrainer(route, rule, width, seed, tol, train, device)
+    for _ in range(epochs):
+        trainer.epoch()
         if tick is not None:
             tick()
-    return {
-        "epoch_s": statistics.median(epoch_times),
-        "nfe_forward": statistics.median(nfe_forward),
-        "nfe_backward": None if nfe_backward[0] is None else statistics.median(nfe_backward),
-        "test_kl": _test_kl(drift, diffusion, test, seed=10_000),
-    }
+    return trainer.result(test)
 
 
-@task("ou", "neural SDE on the OU process: Wong–Zakai + GQAdjoint vs torchsde Direct/Adjoint")
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@task("ou", "neural SDE on the OU process: Wong–Zakai + GQAdjoint vs torchsde Direct/Adjoint",
+      cpu_threads=1)
 def ou(options: BenchOptions) -> list[dict[str, Any]]:
     # The model is tiny (45 × 10 rows through width-20 MLPs): on CPU, intra-op threads only add
     # synchronisation, and on a shared machine they can slow every route by an order of magnitude.
-    # One thread for the task (the same for every route) unless OMP_NUM_THREADS says otherwise.
-    threads = torch.get_num_threads()
-    if options.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
-    try:
-        return _ou(options)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _ou(options: BenchOptions) -> list[dict[str, Any]]:
+    # So `odeplug bench ou` runs with one thread on CPU unless --threads or OMP_NUM_THREADS says
+    # otherwise (registered as cpu_threads=1; the command sets it before the task runs).
     widths = options.widths or (20,)
     epochs = options.epochs or 2
     repeats = options.repeats or 2
@@ -179,30 +199,37 @@ def _ou(options: BenchOptions) -> list[dict[str, Any]]:
                   desc="ou") as bar:
         for width in widths:
             runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in routes}
+            epoch_times: dict[str, list[float]] = {label: [] for label, _, _ in routes}
             initial_kls = []
-            # Seeds outermost and routes interleaved, so every route sees the same machine state.
+            # Seeds outermost; within a seed every route trains its own model epoch by epoch in
+            # turns (the order rotated each epoch), so every route sees the same machine state.
             for seed in range(options.seed, options.seed + repeats):
-                torch.manual_seed(seed)  # the initialisation every route starts from (train_ou)
+                torch.manual_seed(seed)  # the initialisation every route starts from (OUTrainer)
                 initial_kls.append(_test_kl(TimeMLP(width).to(device), TimeMLP(width).to(device), test,
                                             seed=10_000))
-                for label, route, rule in routes:
-                    runs[label].append(train_ou(route, rule, width, epochs, seed, tol, train, test,
-                                                device=device, tick=lambda: bar.update(1)))
+                trainers = {label: OUTrainer(route, rule, width, seed, tol, train, device)
+                            for label, route, rule in routes}
+                for _, label in interleaved(list(trainers), epochs):
+                    trainers[label].epoch()
+                    bar.update(1)
+                for label, trainer in trainers.items():
+                    runs[label].append(trainer.result(test))
+                    epoch_times[label] += trainer.epoch_times
             sde_kls = [r["test_kl"] for label in ("SDE Direct", "SDE Adjoint") for r in runs[label]]
             sde_mean = statistics.mean(sde_kls)
             sde_sd = statistics.stdev(sde_kls) if len(sde_kls) > 1 else math.nan
-            adjoint_epoch = statistics.median(r["epoch_s"] for r in runs["SDE Adjoint"])
+            adjoint_epoch = statistics.median(epoch_times["SDE Adjoint"])
             for label, route, _ in routes:
                 rs = runs[label]
                 kls = [r["test_kl"] for r in rs]
-                epoch_s = statistics.median(r["epoch_s"] for r in rs)
+                epoch = spread("epoch_s", epoch_times[label])
                 kl = statistics.mean(kls)
                 backward = [r["nfe_backward"] for r in rs if r["nfe_backward"] is not None]
                 rows.append({
                     "route": label,
                     "width": width,
-                    "epoch_s": epoch_s,
-                    "speedup": adjoint_epoch / epoch_s,
+                    **epoch,
+                    "speedup": adjoint_epoch / epoch["epoch_s"],
                     "nfe_forward": statistics.median(r["nfe_forward"] for r in rs),
                     "nfe_backward": statistics.median(backward) if backward else None,
                     "test_kl": kl,
