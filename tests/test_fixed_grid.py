@@ -11,6 +11,7 @@ import torchdiffeq
 
 import odeplug as op
 import odeplug.compat as compat
+from compat_runs import run
 
 F64 = torch.float64
 pytestmark = pytest.mark.filterwarnings(
@@ -52,24 +53,6 @@ class TupleField(torch.nn.Module):
 Y0 = torch.tensor([[0.5, -1.0, 0.2], [0.1, 0.3, -0.4]], dtype=F64)
 TS = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0], dtype=F64)
 TUPLE_Y0 = (torch.tensor([1.0, -0.5], dtype=F64), torch.tensor([0.0, 0.3], dtype=F64))
-
-
-def run(library, function, field, y0, ts, **kwargs):
-    """Solve with ``library.<function>``; return the outputs and dL/dy0, dL/dθ, dL/dt."""
-    y0 = tuple(p.clone().requires_grad_() for p in y0) if isinstance(y0, tuple) else y0.clone().requires_grad_()
-    ts = ts.clone().requires_grad_()
-    field.zero_grad()
-    ys = getattr(library, function)(field, y0, ts, **kwargs)
-    parts = ys if isinstance(ys, tuple) else (ys,)
-    loss = sum((p**2).sum() + p.sum() for p in parts)
-    loss.backward()
-    grads_y0 = tuple(p.grad for p in y0) if isinstance(y0, tuple) else (y0.grad,)
-    return {
-        "ys": torch.cat([p.detach().reshape(-1) for p in parts]),
-        "dy0": torch.cat([g.reshape(-1) for g in grads_y0]),
-        "dtheta": torch.cat([p.grad.reshape(-1) for p in field.parameters()]),
-        "dt": ts.grad,
-    }
 
 
 def assert_close(ours, theirs, keys, tol=1e-10):
