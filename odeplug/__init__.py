@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     # list equal to what the built-in plugins export.
     from odeplug_aca import ACA
     from odeplug_adjoint import Adjoint
+    from odeplug_auto import Auto
     from odeplug_direct import Direct
     from odeplug_gq import AdaptiveNodes, GaussAdjoint, GQAdjoint, NodePolicy, PaperNodes
     from odeplug_norms import MaxNorm, MixedNorm, RMSNorm, Seminorm
