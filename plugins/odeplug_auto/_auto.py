@@ -212,7 +212,7 @@ def _cache_slot(problem: ODEProblem, solver: Solver) -> tuple[Any, Any] | None:
         y0, ts = problem.flat_y0(), problem.ts
         # A module's train/eval mode decides whether f draws random numbers (Dropout).
         key = (part, getattr(owner, "training", None), y0.shape, y0.dtype, y0.device, solver,
-               len(ts), float(ts[0]), float(ts[-1]), len(problem.params))
+               len(ts), float(ts[0].detach()), float(ts[-1].detach()), len(problem.params))
         hash(key)
         weakref.ref(owner)
     except TypeError:  # an unhashable solver, an owner that takes no weak reference
