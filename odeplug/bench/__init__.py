@@ -79,7 +79,7 @@ def task_threads(name: str, threads: int | None, device: str) -> tuple[int | Non
 
 
 def tasks() -> dict[str, tuple[Callable[[BenchOptions], list[dict[str, Any]]], str]]:
-    from . import _jumps, _overhead, _sines  # noqa: F401  (built-in tasks register on import)
+    from . import _guide, _jumps, _overhead, _sines  # noqa: F401  (built-in tasks register on import)
     from .._plugins import ensure_loaded
 
     ensure_loaded()
