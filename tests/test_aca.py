@@ -561,3 +561,30 @@ def test_closures_get_directs_gradients(kind):
         return [x.reshape(-1) for x in torch.autograd.grad(loss, [y0, w, raw])]
 
     _assert_close(gradients(op.ACA()), gradients(op.Direct()), 1e-10)
+
+
+def test_bench_reports_acas_floor_in_the_same_rounds(tmp_path):
+    """`odeplug bench aca`: every setting has a ``floor`` row (the Direct rule's step plus a
+    graph-free forward solve, timed in the same rounds), ACA's ``vs_floor`` with min/median/max
+    over those rounds, and the activation-dominated batch beside the sines batch at tol 1e-7."""
+    import json
+
+    from odeplug._cli import main
+    from odeplug_aca._bench import BATCH, WIDE_BATCH
+
+    out = tmp_path / "rows.json"
+    argv = ["bench", "aca", "--widths", "4", "--epochs", "3", "--tol", "1e-3", "--rules", "Direct,ACA",
+            "--threads", "1", "--no-progress", "--json", str(out)]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    settings = [(r["width"], r["batch"], r["tol"]) for r in rows if r["rule"] == "floor"]
+    assert settings == [(4, BATCH, 1e-3), (4, BATCH, 1e-7), (4, WIDE_BATCH, 1e-7)]
+    for row in rows:
+        assert row["step_s_min"] <= row["step_s"] <= row["step_s_max"]
+        if row["rule"] == "ACA":
+            assert row["vs_floor_min"] <= row["vs_floor"] <= row["vs_floor_max"]
+            assert 0 < row["peak_vs_Direct"] < 1
+            # Dopri5: F(s_0, y_0) once, then 6 evaluations per step (the first stage handed over).
+            assert row["nfe_bwd"] == 1 + 6 * row["steps"]
+        if row["rule"] == "floor":
+            assert row["time_vs_Direct_min"] > 1  # Direct's step plus a forward solve

@@ -4,7 +4,8 @@ Zhuang, Dvornek, Li, Tatikonda, Papademetris & Duncan, "Adaptive Checkpoint Adjo
 Gradient Estimation in Neural ODE", ICML 2020. ``ACA()`` gives the Direct rule's gradients
 (discretise-then-optimise) with the memory of one step's graph plus one checkpoint per accepted
 step; ``ACA(max_checkpoints=B)`` stores at most B checkpoints and recomputes between them.
-The plugin also registers the bench task ``aca`` (memory and time against Direct and Adjoint).
+The plugin also registers the bench task ``aca`` (memory and time against Direct and Adjoint,
+and ACA's floor: Direct's step plus a graph-free forward solve, timed in the same rounds).
 """
 
 from __future__ import annotations

@@ -420,6 +420,10 @@ def _step_by_step_gradients(tape: Tape, steps: _Steps, grad_ys: torch.Tensor, ne
     a_f: torch.Tensor | None = None  # dL/dF(t, y) there, when the next step was handed it
     nfe_recompute = 0
     segment_peak_bytes = 0
+    # Each step's start and size as 0-d tensors, split once (not one indexing op per step
+    # of the backward).
+    t0s, hs = steps.t0s.unbind(), steps.hs.unbind()
+    one = wanted[0].new_ones(()) if wanted else None  # the cotangent of _HandOver's output
 
     with steps.forked():
         for segment in range(len(steps.kept_index) - 1, -1, -1):
@@ -442,7 +446,7 @@ def _step_by_step_gradients(tape: Tape, steps: _Steps, grad_ys: torch.Tensor, ne
                 with torch.enable_grad():
                     y0 = y_i.detach().requires_grad_(True)
                     f0 = None if f_i is None else f_i.detach().requires_grad_(True)
-                    t0, h = steps.t0s[i], steps.hs[i]
+                    t0, h = t0s[i], hs[i]
                     if needs.ts:
                         t0 = t0.detach().requires_grad_(True)
                         # A landing step's size is s_end − s_i, as in the forward.
@@ -466,7 +470,7 @@ def _step_by_step_gradients(tape: Tape, steps: _Steps, grad_ys: torch.Tensor, ne
                         continue
                     if wanted:
                         outs.append(_HandOver.apply(running, *wanted))
-                        cotangents.append(wanted[0].new_ones(()))
+                        cotangents.append(one)
                     wrt = [y0, *wanted]
                     if f0 is not None:
                         wrt.append(f0)

@@ -1,12 +1,28 @@
 """Bench task ``aca``: peak memory and time per training step of ACA against the Direct rule (and
 the Adjoint rule, when its plugin is loaded) on the sines task, side by side in one process.
 
-Settings (issue 5): hidden widths W = 200 and 1000 at rtol = atol = 1e-5, and the tight tolerance
-1e-7 at both widths. Every rule trains its own identically initialised model (same seed, same
-Adam learning rate); the rules take turns step by step, so they see the same machine state.
+Settings: hidden widths W = 200 and 1000 (``--widths``) at rtol = atol = 1e-5 (``--tol``) and at
+the tight tolerance 1e-7, on the sines task's 15 trajectories (a batch where the parameters
+dominate memory); and the smallest width at 1e-7 on a batch of 256 trajectories (where the
+activations dominate). Every rule trains its own identically initialised model (same seed, same
+Adam learning rate).
+
+Time per training step (solve, loss, backward, Adam step), in rounds
+(:func:`odeplug.bench.interleaved`, ``--epochs`` rounds after one untimed warm-up step each):
+each round every rule takes one step and the Direct rule's model is solved once more without a
+graph (``forward``), in an order rotated from round to round. Each timed figure is the median
+with its min and max over the rounds (:func:`odeplug.bench.spread`):
+
+- ``step_s``: the step's time;
+- ``time_vs_Direct``: the step's time ÷ the Direct rule's step in the same round;
+- ``vs_floor`` (ACA): ACA's step ÷ its **floor** in the same round, the Direct rule's step plus
+  the graph-free forward solve. ACA is a graph-free forward solve and a backward that
+  recomputes every accepted step with a graph and pulls the adjoint back through it: at best
+  the Direct rule's work plus the extra forward. The row ``floor`` gives the floor's time
+  (``step_s``) and its ratio to the Direct rule's step (``time_vs_Direct``).
 
 Memory of the gradient computation (solve + loss + backward; the optimiser step is left out, its
-state being the same for every rule), two figures:
+state being the same for every rule), measured on the warm-up step, two figures:
 
 - ``peak_MB``: the peak of the memory allocated by it, measured by
   :class:`odeplug._memory.AllocatedBytes`: on CUDA ``torch.cuda.max_memory_allocated()`` minus
@@ -20,20 +36,10 @@ state being the same for every rule), two figures:
   through ``torch.autograd.graph.saved_tensors_hooks`` while autograd holds them; parameters
   excluded. This is what the gradient rules differ in.
 
-Time per training step (solve, loss, backward, Adam step): ``step_s`` is the median over the
-timed steps, ``time_vs_Direct`` the median of the ratios of steps taken back to back.
-
-Floors, beside each rule compared with Direct (what no implementation of the method can beat on
-this machine and model, measured in the same run):
-
-- ``grads_floor``: two parameter-sized tensors ÷ the Direct rule's peak. Autograd returns each
-  weight's gradient as one tensor and computes every contribution to it (one per evaluation
-  of the field) as another before adding it in; so any rule that backpropagates through the
-  field holds at least these two.
-- ``direct_plus_fwd``: (Direct's step + one forward solve without a graph) ÷ Direct's step.
-- ``redo_floor``: (Direct's step + ``nfe_backward`` evaluations of the field with a graph) ÷
-  Direct's step. A rule that recomputes the steps instead of storing their graphs re-evaluates
-  the field at every stage of every step once more (and does everything Direct does).
+``peak_vs_Direct`` and ``held_vs_Direct`` divide them by the Direct rule's; ``grads_floor`` is two
+parameter-sized tensors ÷ the Direct rule's peak: autograd returns each weight's gradient as one
+tensor and computes every contribution to it (one per evaluation of the field) as another before
+adding it in, so any rule that backpropagates through the field holds at least these two.
 
 The memory step is a separate, untimed step (the meters cost time); the timed steps run without them.
 """
@@ -41,7 +47,6 @@ The memory step is a separate, untimed step (the meters cost time); the timed st
 from __future__ import annotations
 
 import gc
-import statistics
 import time
 from typing import Any
 
@@ -49,7 +54,7 @@ import torch
 
 import odeplug
 from odeplug._memory import AllocatedBytes
-from odeplug.bench import BenchOptions, gradient_rules, task
+from odeplug.bench import BenchOptions, gradient_rules, interleaved, spread, task
 from odeplug.bench._progress import progress
 from odeplug.bench._sines import SecondOrderField, SinesData, learning_rate
 
@@ -128,7 +133,6 @@ class _Trainer:
         self.device = device
         self.times: list[float] = []
         self.forward_times: list[float] = []
-        self.eval_times: list[float] = []
         self.stats: dict[str, Any] = {}
         self.loss = float("nan")
 
@@ -153,7 +157,8 @@ class _Trainer:
         self.times.append(time.perf_counter() - start)
 
     def timed_forward(self) -> None:
-        """A solve without a graph (what ACA adds to the Direct rule's work: its forward)."""
+        """A solve of this model without a graph (what ACA adds to the Direct rule's work: its
+        forward), timed into :attr:`forward_times`."""
         _sync(self.device)
         start = time.perf_counter()
         with torch.no_grad():
@@ -161,17 +166,6 @@ class _Trainer:
                           odeplug.Direct())
         _sync(self.device)
         self.forward_times.append(time.perf_counter() - start)
-
-    def timed_evaluation(self, repeats: int = 20) -> None:
-        """One evaluation of the vector field with a graph (what ACA's backward must redo for
-        every stage of every accepted step), averaged over ``repeats``."""
-        t = torch.zeros((), device=self.data.y0.device)
-        _sync(self.device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            self.model(t, self.data.y0).sum()
-        _sync(self.device)
-        self.eval_times.append((time.perf_counter() - start) / repeats)
 
     def memory_step(self) -> tuple[int, int]:
         """(peak bytes allocated, peak bytes held for backward) of one gradient computation."""
@@ -198,66 +192,90 @@ def _rules() -> list[tuple[str, Any]]:
     return rules
 
 
-@task("aca", "ACA vs Direct (and Adjoint): peak memory and time per training step on sines")
+#: The sines task's batch (15 trajectories: the parameters dominate memory) and the batch of the
+#: setting where the activations dominate.
+BATCH = 15
+WIDE_BATCH = 256
+
+_FORWARD = "forward"  # the name of the graph-free forward solve in the rounds
+
+
+def _settings(widths: tuple[int, ...], tol: float) -> list[tuple[int, float, int]]:
+    """(width, tol, batch): every width at ``tol`` and at 1e-7 on the sines batch, then the
+    smallest width at 1e-7 on the wide batch."""
+    settings = [(w, tol, BATCH) for w in widths]
+    settings += [(w, 1e-7, BATCH) for w in widths if tol != 1e-7]
+    settings.append((min(widths), 1e-7, WIDE_BATCH))
+    return settings
+
+
+@task("aca", "ACA vs Direct (and Adjoint): peak memory and step time against ACA's floor, sines")
 def aca_bench(options: BenchOptions) -> list[dict[str, Any]]:
     widths = options.widths or (200, 1000)
     tol = options.tol or 1e-5
-    epochs = options.epochs or 4
-    settings = [(w, tol) for w in widths] + [(w, 1e-7) for w in widths if tol != 1e-7]
-    data = SinesData(seed=options.seed, device=options.device)
+    epochs = options.epochs or 12
+    settings = _settings(widths, tol)
     rules = _rules() if options.rules is None else list(gradient_rules(options.rules).items())
     rows: list[dict[str, Any]] = []
-    with progress(total=len(settings) * len(rules) * (epochs + 1), enabled=options.progress,
+    with progress(total=len(settings) * (len(rules) + 1) * (epochs + 1), enabled=options.progress,
                   desc="aca") as bar:
-        for width, setting_tol in settings:
-            trainers = [(name, _Trainer(rule, width, setting_tol, data, options.seed, options.device))
-                        for name, rule in rules]
+        for width, setting_tol, batch in settings:
+            data = SinesData(trajectories=batch, seed=options.seed, device=options.device)
+            trainers = {name: _Trainer(rule, width, setting_tol, data, options.seed, options.device)
+                        for name, rule in rules}
+            reference = trainers.get("Direct")
             memory = {}
-            for name, trainer in trainers:  # first step: memory (also the warm-up)
+            for name, trainer in trainers.items():  # first step: memory (also the warm-up)
                 memory[name] = trainer.memory_step()
                 bar.update(1)
-            reference = dict(trainers).get("Direct")
-            for _ in range(epochs):
-                for name, trainer in trainers:
-                    trainer.timed_step()
-                    bar.update(1)
-                if reference is not None:
+            names = list(trainers)
+            if reference is not None:  # the floor's forward solve, timed in the same rounds
+                reference.timed_forward()
+                reference.forward_times.clear()
+                names.append(_FORWARD)
+            bar.update(1)
+            for _, name in interleaved(names, epochs):
+                if name == _FORWARD:
                     reference.timed_forward()
-                    reference.timed_evaluation()
-            for name, trainer in trainers:
-                step_s = statistics.median(trainer.times)
+                else:
+                    trainers[name].timed_step()
+                bar.update(1)
+            setting = {"width": width, "batch": batch, "tol": setting_tol}
+            floor_times = None
+            if reference is not None:
+                floor_times = [d + f for d, f in zip(reference.times, reference.forward_times)]
+            for name, trainer in trainers.items():
                 row = {
-                    "rule": name, "width": width, "tol": setting_tol,
+                    "rule": name, **setting,
                     "steps": trainer.stats.get("steps_accepted"),
                     "nfe_fwd": trainer.stats.get("nfe"),
                     "nfe_bwd": trainer.stats.get("nfe_backward"),
                     "checkpoints": trainer.stats.get("checkpoints"),
                     "peak_MB": memory[name][0] / 2**20,
                     "held_MB": memory[name][1] / 2**20,
-                    "step_s": step_s,
                 }
                 if reference is not None:
                     row["peak_vs_Direct"] = memory[name][0] / memory["Direct"][0]
                     row["held_vs_Direct"] = memory[name][1] / memory["Direct"][1]
-                    direct_s = statistics.median(reference.times)
-                    row["time_vs_Direct"] = statistics.median(
-                        mine / theirs for mine, theirs in zip(trainer.times, reference.times)
-                    )
-                if reference is not None and trainer is not reference:
-                    # The Direct rule's work plus one forward solve without a graph ...
-                    if isinstance(trainer.rule, ACA):
-                        forward_s = statistics.median(reference.forward_times)
-                        row["direct_plus_fwd"] = 1 + forward_s / direct_s
-                    # ... and plus re-evaluating the field, with a graph, as often as this rule's
-                    # backward does: a floor for any rule that recomputes instead of storing.
-                    # Two parameter-sized tensors (the gradient being summed, one contribution)
-                    # are the least any rule that backpropagates through the field holds.
+                    # Two parameter-sized tensors (the gradient being summed, one contribution):
+                    # the least any rule that backpropagates through the field holds.
                     param_bytes = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
-                    row["grads_floor"] = 2 * param_bytes / memory["Direct"][0]
-                    redo = trainer.stats.get("nfe_backward")
-                    if redo and isinstance(trainer.rule, ACA):
-                        eval_s = statistics.median(reference.eval_times)
-                        row["redo_floor"] = 1 + redo * eval_s / direct_s
+                    row["grads_floor"] = (2 * param_bytes / memory["Direct"][0]
+                                          if trainer is not reference else None)
+                row.update(spread("step_s", trainer.times))
+                if reference is not None:
+                    row.update(spread("time_vs_Direct",
+                                      (mine / theirs for mine, theirs in zip(trainer.times, reference.times))))
+                    row["vs_floor"] = None
+                    if isinstance(trainer.rule, ACA):
+                        row.update(spread("vs_floor",
+                                          (mine / floor for mine, floor in zip(trainer.times, floor_times))))
                 row["final_loss"] = trainer.loss
                 rows.append(row)
+            if reference is not None:
+                rows.append({
+                    "rule": "floor", **setting,
+                    **spread("step_s", floor_times),
+                    **spread("time_vs_Direct", (f / d for f, d in zip(floor_times, reference.times))),
+                })
     return rows
