@@ -2,15 +2,19 @@
 time t* differentiable (Chen, Amos & Nickel, "Learning Neural Event Functions for Ordinary
 Differential Equations", ICLR 2021).
 
-A solve with an event runs in two parts, so that every gradient rule applies unchanged:
+The core's method of :func:`odeplug.solve_until_event` runs in two parts, so that every
+gradient rule applies unchanged:
 
 1. *Locate* (no graph): the solver steps from ``ts[0]`` towards ``ts[-1]``, evaluating g at the
    end of every accepted step. When some component of g has changed sign, its root in that
    step is found on the solver's dense output by the Illinois variant of regula falsi, to the
    resolution of the time dtype. No crossing before ``ts[-1]``: no event.
-2. *Differentiate*: the problem is solved again by the gradient rule, with the output times
-   cut at t* and t* (detached) as the last one, so y* = Y(t*; p) carries ∂Y/∂p at fixed t* for
+2. *Differentiate*: the gradient rule solves the problem again, its output times cut at t*
+   (detached) and running on to the end of the step t* was found in, so that it takes the very
+   same steps and y* = Y(t*; p), read from the same dense output, carries ∂Y/∂p at fixed t* for
    every input p (y0, θ, ts[0]).
+
+Direct's method does both in one forward under autograd (:func:`solve_forward_until_event`).
 
 t* is defined implicitly by G(t*, p) = g(t*, Y(t*; p); φ) = 0, where φ are the tensors g reads.
 By the implicit function theorem
