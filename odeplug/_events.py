@@ -49,8 +49,8 @@ from ._solution import Solution, Stats
 from ._stepping import Counts, Step, Stepper, VectorField, advance
 
 __all__ = [
-    "check_event", "event_state", "event_values", "locate_event", "locate_then_solve",
-    "solve_forward_until_event",
+    "check_event", "ending_at_event", "event_state", "event_values", "locate_event",
+    "locate_then_solve", "solve_forward_until_event",
 ]
 
 # Regula falsi iterations before giving up on the root (each halves the bracket at worst every
@@ -94,9 +94,11 @@ def event_values(problem: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     return values
 
 
-def locate_then_solve(problem: Any, solver: Any, rule: Any, options: dict[str, Any]) -> Solution:
+def locate_then_solve(problem: Any, solver: Any, rule: Any, options: dict[str, Any], *,
+                      through_event_time: bool = True) -> Solution:
     """:func:`odeplug.solve` for a problem with an ``event``: locate it, then solve up to it with
-    ``rule`` and make the event time and state differentiable (see the module docstring)."""
+    ``rule`` and make the event time and state differentiable (see the module docstring);
+    ``through_event_time=False``: t* detached, y(t*) differentiated at a fixed t*."""
     t_event, step_end, counts = locate_event(problem, solver)
     # Solving on to the end of the step the event was found in takes the search's very steps and
     # reads y(t*) from the same dense output (on the event surface), instead of shortening the
@@ -107,15 +109,27 @@ def locate_then_solve(problem: Any, solver: Any, rule: Any, options: dict[str, A
     stats.update(counts)
     if t_event is None:
         return Solution(solution.ys, solution.ts, stats)
-    parts = solution.ys if problem.is_tuple else (solution.ys,)
     upto = len(cut.ts) - int(bool(cut.ts[-1] != t_event))  # the rows up to t*, without the step end
-    parts = tuple(p[:upto] for p in parts)
+    ys = tuple(p[:upto] for p in solution.ys) if problem.is_tuple else solution.ys[:upto]
+    return ending_at_event(problem, ys, solution.ts[:upto], t_event, stats, through_event_time)
+
+
+def ending_at_event(problem: Any, ys: Any, ts: torch.Tensor, t_event: torch.Tensor, stats: Stats,
+                     through_event_time: bool) -> Solution:
+    """The Solution whose outputs ``ys`` (the user's shape) at ``ts`` end at the event, their
+    last row y(t*) differentiated at a fixed t*; with ``through_event_time``, t* and that row
+    made differentiable through the event time (:func:`event_state`)."""
+    parts = ys if problem.is_tuple else (ys,)
     y_event = problem.layout.flatten(tuple(p[-1] for p in parts))
+    if not through_event_time:
+        with torch.no_grad():
+            index = event_index(problem, t_event, y_event)
+        return Solution(ys, ts, stats, event_t=t_event, event_index=index)
     t_out, y_out, index = event_state(problem, t_event, y_event)
     ends = problem.layout.unflatten(y_out.unsqueeze(0))
-    ys = tuple(torch.cat([p[:-1], e]) for p, e in zip(parts, ends))
-    ts = torch.cat([solution.ts[: upto - 1], t_out.reshape(1)])
-    return Solution(ys if problem.is_tuple else ys[0], ts, stats, event_t=t_out, event_index=index)
+    parts = tuple(torch.cat([p[:-1], e]) for p, e in zip(parts, ends))
+    ts = torch.cat([ts[:-1], t_out.reshape(1)])
+    return Solution(parts if problem.is_tuple else parts[0], ts, stats, event_t=t_out, event_index=index)
 
 
 def event_state(
@@ -168,18 +182,11 @@ def solve_forward_until_event(problem: Any, solver: Any, *, through_event_time: 
     run = _integrate_until_event(problem, solver, read_outputs=True)
     stats = forward_stats(run.field, run.counts, run.stepper)
     stats["event_evaluations"] = run.evaluations
-    ys = torch.cat(run.outputs)
+    flat = torch.cat(run.outputs)
     if run.t_event is None:
-        return Solution(problem.unflatten(ys), problem.ts, stats)
-    if not through_event_time:
-        ts = torch.cat([problem.ts[: len(ys) - 1], run.t_event.reshape(1)])
-        with torch.no_grad():
-            index = event_index(problem, run.t_event, ys[-1])
-        return Solution(problem.unflatten(ys), ts, stats, event_t=run.t_event, event_index=index)
-    t_out, y_out, index = event_state(problem, run.t_event, ys[-1])
-    ys = torch.cat([ys[:-1], y_out.unsqueeze(0)])
-    ts = torch.cat([problem.ts[: len(ys) - 1], t_out.reshape(1)])
-    return Solution(problem.unflatten(ys), ts, stats, event_t=t_out, event_index=index)
+        return Solution(problem.unflatten(flat), problem.ts, stats)
+    ts = torch.cat([problem.ts[: len(flat) - 1], run.t_event.reshape(1)])
+    return ending_at_event(problem, problem.unflatten(flat), ts, run.t_event, stats, through_event_time)
 
 
 @attrs.define

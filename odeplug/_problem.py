@@ -186,13 +186,15 @@ class ODEProblem(Problem):
         return flat_field
 
 
-_CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
+# torchdiffeq's step-callback method names: the forward solve's, then the backward solve's.
+STEP_CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
+ADJOINT_STEP_CALLBACKS = tuple(name + "_adjoint" for name in STEP_CALLBACKS)
 
 
 def _resolve_callbacks(f: Any, callbacks: Any) -> tuple[Any, ...]:
     """(step, accept, reject, step_adjoint, accept_adjoint, reject_adjoint): f's methods of
     those names, then ``callbacks``' (both called when both have one); ``None`` where absent."""
-    names = _CALLBACK_NAMES + tuple(n + "_adjoint" for n in _CALLBACK_NAMES)
+    names = STEP_CALLBACKS + ADJOINT_STEP_CALLBACKS
     if callbacks is not None and not any(callable(getattr(callbacks, n, None)) for n in names):
         raise InvalidArgumentError(
             f"ODEProblem: callbacks must be an object with at least one of the methods "

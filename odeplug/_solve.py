@@ -64,8 +64,9 @@ def solve(
 
 
 @register
-def solve_until_event(problem: ODEProblem, solver: Solver, rule: GradientRule, **options):
-    return locate_then_solve(problem, solver, rule, options)
+def solve_until_event(problem: ODEProblem, solver: Solver, rule: GradientRule, *,
+                      through_event_time=True, **options):
+    return locate_then_solve(problem, solver, rule, options, through_event_time=through_event_time)
 
 
 def reject_options(where: str, options: dict[str, Any]) -> None:

@@ -256,16 +256,21 @@ def advance(
         _check(stepper, state, t_target, finite, size_ok)
         state = new_state
         if accepted:
-            counts.accepted += 1
-            if len(status) > 4 and status[4]:
-                counts.forced += 1
-            last = step
-            if on_step is not None and on_step(step):
-                return state, last
-            if reached:
-                return state, last
+            if _accepted(counts, status, step, on_step, reached):
+                return state, step
         else:
             counts.rejected += 1
+
+
+def _accepted(counts: Counts, status: tuple[bool, ...], step: Step,
+              on_step: Callable[[Step], bool | None] | None, reached: bool) -> bool:
+    """Count an accepted step (and whether it was forced at ``min_step``), show it to
+    ``on_step``; whether the loop ends after it (the target reached, or ``on_step`` said so)."""
+    counts.accepted += 1
+    if len(status) > 4 and status[4]:
+        counts.forced += 1
+    stop = on_step is not None and on_step(step)
+    return bool(stop) or reached
 
 
 def _check_budget(
@@ -305,16 +310,11 @@ def _advance_with_callbacks(
         accepted, finite, size_ok, reached = status[:4]
         _check(stepper, state, t_target, finite, size_ok)
         if accepted:
-            counts.accepted += 1
-            if len(status) > 4 and status[4]:
-                counts.forced += 1
             if on_accept is not None:
                 on_accept(to_user(step.t0), step.y0, step.h)
-            state, last = new_state, step
-            if on_step is not None and on_step(step):
-                return state, last
-            if reached:
-                return state, last
+            state = new_state
+            if _accepted(counts, status, step, on_step, reached):
+                return state, step
         else:
             counts.rejected += 1
             if on_reject is not None:

@@ -27,7 +27,9 @@ def solve_until_event(problem, solver, rule):
     (or ``ts[-1]``), with the event time and state differentiable. The core's method serves
     every rule: locate the event without a graph, solve to it with the rule, then differentiate
     t* by the implicit function theorem (``odeplug._events``). A rule that can do it in one
-    pass registers its own (Direct does)."""
+    pass registers its own (Direct does). Methods take the keyword ``through_event_time``
+    (default true); false leaves t* detached and y(t*) differentiated at a fixed t*, as
+    torchdiffeq's ``odeint(..., event_fn=...)``."""
 
 
 @generic

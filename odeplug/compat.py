@@ -23,11 +23,13 @@ import torch
 
 from ._dispatch import register
 from ._errors import InvalidArgumentError, InvalidOptionError, SolveError, UnsupportedCombinationError
-from ._events import event_state, locate_event, solve_forward_until_event
+from . import _verbs
+from ._events import ending_at_event
 from ._layout import Layout
 from ._nouns import GradientRule, Norm, Solver, configuration
 from ._plugins import exported
-from ._problem import ODEProblem, State
+from ._problem import ADJOINT_STEP_CALLBACKS, STEP_CALLBACKS, ODEProblem, State
+from ._solution import Stats
 from ._solve import solve
 from .backward import BacksolveRule
 
@@ -207,14 +209,10 @@ def odeint_event(func: Callable[..., Any], y0: State, t0: torch.Tensor, *, event
     start = t0.reshape(-1)
     t = torch.cat([start, start.detach() + (-1.0 if reverse_time else 1.0)])
     event_t, solution = odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
-    is_tuple = isinstance(y0, tuple)
     problem = ODEProblem(func, y0, t, event=event_fn)
-    rows = solution if is_tuple else (solution,)
-    y_event = problem.layout.flatten(tuple(part[-1] for part in rows))
-    t_out, y_out, _ = event_state(problem, event_t, y_event)
-    ends = problem.layout.unflatten(y_out.unsqueeze(0))
-    rows = tuple(torch.cat([part[:-1], end]) for part, end in zip(rows, ends))
-    return t_out, rows if is_tuple else rows[0]
+    ended = ending_at_event(problem, solution, torch.cat([start, event_t.reshape(1)]), event_t,
+                            Stats(), through_event_time=True)
+    return ended.event_t, ended.ys
 
 
 # -- what runs --------------------------------------------------------------------------------
@@ -260,17 +258,13 @@ def _solve_until_event(
     field, callbacks = _torchdiffeq_callbacks(func, y0)
     problem = ODEProblem(field, y0, span, params=params, callbacks=callbacks, event=event_fn,
                          **plan.problem)
-    if type(rule) is exported()["Direct"]:  # one forward that stops at the event
-        solution = solve_forward_until_event(problem, plan.solver, through_event_time=False)
-        _check_event_found(solution.event_t, horizon, where)
-        return solution.event_t.to(t), solution.ys
-    t_event, step_end, _ = locate_event(problem, plan.solver)
-    _check_event_found(t_event, horizon, where)
-    # On to the end of the step the event was found in: the same steps, y(t*) from the same
-    # dense output (on the event surface, as torchdiffeq's), not from a last step shortened onto t*.
-    ys = solve(problem.without_event(until=t_event, then=step_end), plan.solver, rule).ys
-    ys = tuple(part[:2] for part in ys) if isinstance(ys, tuple) else ys[:2]
-    return t_event.detach().to(t), ys
+    solution = _verbs.solve_until_event(problem, plan.solver, rule, through_event_time=False)
+    if solution.event_t is None:
+        raise SolveError(
+            f"{where}: event_fn did not cross zero before t={float(horizon):.6g}; check its sign "
+            "along the solution."
+        )
+    return solution.event_t.to(t), solution.ys
 
 
 def _solve(
@@ -356,18 +350,13 @@ class _Method:
         )
 
 
-_CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
-_ADJOINT_CALLBACKS = ("callback_step_adjoint", "callback_accept_step_adjoint",
-                      "callback_reject_step_adjoint")
-
-
 def _torchdiffeq_callbacks(func: Callable[..., Any], y0: State) -> tuple[Callable[..., Any], Any]:
     """(the field, the callbacks) for an ODEProblem: ``func`` itself when it has no adjoint step
     callbacks; else a function calling it, and func's callbacks with the backward state handed
     over in torchdiffeq's order, (a_t, y, a_y, *a_θ) with a_t 0-d and y, a_y flat for a tuple
     state (odeplug's own order is (z, a_z, a_θ…, a_t)), so that torchdiffeq code unpacking it
     reads what it expects."""
-    if not any(callable(getattr(func, name, None)) for name in _ADJOINT_CALLBACKS):
+    if not any(callable(getattr(func, name, None)) for name in ADJOINT_STEP_CALLBACKS):
         return func, None
     is_tuple = isinstance(y0, tuple)
 
@@ -386,24 +375,16 @@ def _torchdiffeq_callbacks(func: Callable[..., Any], y0: State) -> tuple[Callabl
         return called
 
     callbacks = types.SimpleNamespace()
-    for name in (*_CALLBACKS, *_ADJOINT_CALLBACKS):
+    for name in (*STEP_CALLBACKS, *ADJOINT_STEP_CALLBACKS):
         callback = getattr(func, name, None)
         if callable(callback):
-            setattr(callbacks, name, in_torchdiffeq_order(callback) if name in _ADJOINT_CALLBACKS
+            setattr(callbacks, name, in_torchdiffeq_order(callback) if name in ADJOINT_STEP_CALLBACKS
                     else callback)
 
     def field(t: torch.Tensor, y: State) -> State:  # func without its callbacks, called once each
         return func(t, y)
 
     return field, callbacks
-
-
-def _check_event_found(t_event: torch.Tensor | None, horizon: torch.Tensor, where: str) -> None:
-    if t_event is None:
-        raise SolveError(
-            f"{where}: event_fn did not cross zero before t={float(horizon):.6g}; check its sign "
-            "along the solution."
-        )
 
 
 def _given_solver(solver: Solver, rtol: Any, atol: Any, options: dict[str, Any],

@@ -34,12 +34,13 @@ def solve_direct(problem: ODEProblem, solver: Solver, rule: Direct, **options) -
     return Solution(problem.unflatten(ys), problem.ts, stats)
 
 
-def solve_direct_until_event(problem: ODEProblem, solver: Solver, rule: Direct, **options) -> Solution:
+def solve_direct_until_event(problem: ODEProblem, solver: Solver, rule: Direct, *,
+                             through_event_time: bool = True, **options) -> Solution:
     """With an event: one forward under autograd that stops at the event (instead of the
     core's search followed by a second solve), t* then differentiated by the implicit function
     theorem (docs/methods/events.md)."""
     reject_options("solve(ODEProblem, Solver, Direct) with an event", options)
-    return odeplug.solve_forward_until_event(problem, solver)
+    return odeplug.solve_forward_until_event(problem, solver, through_event_time=through_event_time)
 
 
 def register() -> None:
