@@ -209,9 +209,9 @@ def _cache_slot(problem: ODEProblem, solver: Solver) -> tuple[Any, Any] | None:
     f = problem.f
     owner, part = (f.__self__, f.__func__) if inspect.ismethod(f) else (f, None)
     try:
-        y0, ts = problem.flat_y0(), problem.ts
+        ts, shapes = problem.ts, tuple(block.shape for block in problem.layout.blocks)
         # A module's train/eval mode decides whether f draws random numbers (Dropout).
-        key = (part, getattr(owner, "training", None), y0.shape, y0.dtype, y0.device, solver,
+        key = (part, getattr(owner, "training", None), shapes, problem.dtype, problem.device, solver,
                len(ts), float(ts[0].detach()), float(ts[-1].detach()), len(problem.params))
         hash(key)
         weakref.ref(owner)
@@ -493,7 +493,7 @@ def solve_auto(problem: ODEProblem, solver: Solver, rule: Auto, **options: Any) 
         _refuse_randomness()
     estimates = {label: e for label, e in _estimates(measured).items()
                  if label in makers and label not in measured.inapplicable}
-    budget, source = _budget(rule, problem.flat_y0().device)
+    budget, source = _budget(rule, problem.device)
     label, reason = choose(estimates, budget, source, explicit=rule.memory is not None)
     if measured.inapplicable:
         reason += (f" Not applicable with {type(solver).__name__}: "
