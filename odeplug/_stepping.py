@@ -78,6 +78,18 @@ class VectorField(Noun):
             return self.fn(s, y)
         return -self.fn(-s, y)
 
+    def uncounted(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """F(s, y) without counting it or consulting :meth:`prime`: for compiled code, which
+        cannot keep a Python counter (``torch.compile`` would specialise on its value and
+        compile again at every call) and adds its evaluations with :meth:`count` instead."""
+        if self.direction > 0:
+            return self.fn(s, y)
+        return -self.fn(-s, y)
+
+    def count(self, evaluations: int) -> None:
+        """Add evaluations made through :meth:`uncounted`."""
+        self.nfe += evaluations
+
     def prime(self, y: torch.Tensor, value: torch.Tensor) -> None:
         """Make the next call return ``value`` (= F(s, y)) if it is made at the tensor ``y``
         itself; any other next call evaluates as usual and forgets ``value``."""
@@ -181,6 +193,9 @@ class Stepper(Noun):
        must reproduce its ``y1``, ``stages`` and ``f1`` exactly, evaluating F(t0, y0) through
        the field (a rule may have primed that value, see :meth:`VectorField.prime`).
     6. Evaluate the field only through ``self.field`` (it counts).
+    7. A stepper with costs of its own (an implicit solver's Jacobian evaluations, LU
+       factorisations, Newton iterations) may define ``stats() -> dict[str, int]``: the forward
+       solve copies those counts into ``Solution.stats`` next to ``nfe``.
     """
 
     __slots__ = ()

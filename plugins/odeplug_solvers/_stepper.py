@@ -18,6 +18,9 @@ Tensors only in the loop: one device synchronisation per attempted step.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 
 import odeplug
@@ -41,7 +44,7 @@ class RungeKuttaStepper(Stepper):
         "field", "tableau", "layout", "order", "dense_order", "max_steps", "adaptive", "rtol", "atol",
         "first_step", "dt", "_norm", "_norm_fn", "_coef", "_dtype", "_stage_is_end", "_t_end",
         "min_step", "max_step", "last_dt", "_rtol", "_atol", "_stops", "_jumps", "grid", "linear",
-        "perturb", "_to_outputs", "_origin",
+        "perturb", "_to_outputs", "_origin", "_run_trial", "_run_stages", "_evaluate", "_compiled",
     )
     supports_stops = True
 
@@ -63,10 +66,22 @@ class RungeKuttaStepper(Stepper):
         grid: tuple[float, ...] | None = None,
         interpolation: str = "cubic",
         perturb: bool = False,
+        compile: bool | str = False,  # noqa: A002  (the solver option's name)
     ) -> None:
         """``adaptive`` (default: whether ``dt`` is None) picks error control; the fixed-step
-        options ``dt``, ``grid``, ``interpolation`` and ``perturb`` are :class:`FixedStep`'s."""
+        options ``dt``, ``grid``, ``interpolation`` and ``perturb`` are :class:`FixedStep`'s;
+        ``compile`` is the solvers' (see :func:`compiled_step`)."""
         self.field = field
+        self._compiled = bool(compile)
+        # Compiled stages evaluate F uncounted and count once per call (see VectorField.uncounted).
+        self._evaluate = field.uncounted if compile else field
+        if compile:
+            mode = None if compile is True else compile
+            self._run_trial = compiled_step("_trial", mode)
+            self._run_stages = compiled_step("_stages", mode)
+        else:
+            self._run_trial = RungeKuttaStepper._trial
+            self._run_stages = RungeKuttaStepper._stages
         self.adaptive = dt is None if adaptive is None else adaptive
         self.grid = grid
         self.linear = interpolation == "linear"
@@ -216,6 +231,16 @@ class RungeKuttaStepper(Stepper):
         a_dt = coef["a"] * dty
         c = coef["c"]
         stages = self.tableau.stages
+        if self._compiled:
+            # Traced: each stage input as a sum of scaled stages, which the compiler fuses into
+            # one kernel (a matrix-vector product over re-stacked stages would copy them).
+            ks = [f0]
+            yi = y0
+            for i in range(1, stages):
+                yi = y0 + sum(a_dt[i, j] * ks[j] for j in range(i))
+                ti = t1y if self._stage_is_end[i] else t0y + c[i] * dty
+                ks.append(self._evaluate(ti, yi))
+            return torch.stack(ks), yi
         if not torch.is_grad_enabled():
             # No graph to protect: write stages into one buffer, so each stage input is a single
             # matrix-vector product over the rows so far (no re-stacking: O(s·n) not O(s²·n)).
@@ -225,22 +250,25 @@ class RungeKuttaStepper(Stepper):
             for i in range(1, stages):
                 yi = torch.addmv(y0, k[:i].t(), a_dt[i, :i])
                 ti = t1y if self._stage_is_end[i] else t0y + c[i] * dty
-                k[i] = self.field(ti, yi)
+                k[i] = self._evaluate(ti, yi)
             return k, yi
         ks = [f0]
         yi = y0
         for i in range(1, stages):
             yi = torch.addmv(y0, torch.stack(ks).t(), a_dt[i, :i])  # same layout as the buffer path
             ti = t1y if self._stage_is_end[i] else t0y + c[i] * dty
-            ks.append(self.field(ti, yi))
+            ks.append(self._evaluate(ti, yi))
         return torch.stack(ks), yi
 
-    def attempt(
-        self, state: StepState, t_target: torch.Tensor, land: bool = False
-    ) -> tuple[StepState, Step | None, tuple[bool, ...]]:
-        t0, y0, f0, proposed = state
-        if not self.adaptive:
-            return self._fixed_attempt(state, t_target, land)
+    def _trial(
+        self, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, proposed: torch.Tensor,
+        t_target: torch.Tensor, land: bool,
+    ) -> tuple[torch.Tensor, ...]:
+        """One adaptive attempt as tensors, nothing read on the host: the step's size ``dt``
+        (``proposed``, or shortened to a stop or the target), its end ``t1``, ``shortened``, the
+        stages, ``y1``, the next size and the flags (accept, finite, size ok, reached[, forced]
+        [, on a jump]). The compiled path (``compile=``) compiles exactly this function: the
+        field's evaluations together with the stage arithmetic and the step-size control."""
         limit = self._limit(t0, t_target, land)
         if limit is not None:
             shortened, dt = self._shorten(t0, proposed, limit)
@@ -248,7 +276,6 @@ class RungeKuttaStepper(Stepper):
             shortened = torch.zeros((), dtype=torch.bool, device=t0.device)
             dt = proposed
         t1 = t0 + dt
-        self.last_dt = dt
         stages, last_input = self._stages(t0, y0, f0, dt, t1)
         dty = dt.to(y0.dtype)
         coef = self._coef
@@ -275,7 +302,20 @@ class RungeKuttaStepper(Stepper):
                 flags.append(forced)
             if self._jumps is not None:
                 flags.append(self._on_jump(t1))
-            status = torch.stack(flags).tolist()
+            flags = torch.stack(flags)
+        return dt, t1, shortened, stages, y1, dt_next, flags
+
+    def attempt(
+        self, state: StepState, t_target: torch.Tensor, land: bool = False
+    ) -> tuple[StepState, Step | None, tuple[bool, ...]]:
+        t0, y0, f0, proposed = state
+        if not self.adaptive:
+            return self._fixed_attempt(state, t_target, land)
+        dt, t1, shortened, stages, y1, dt_next, flags = self._run_trial(
+            self, t0, y0, f0, proposed, t_target, land)
+        self._count_compiled()
+        self.last_dt = dt
+        status = flags.tolist()
         accepted = status[0]
         if accepted:
             on_jump = self._jumps is not None and status[-1]
@@ -294,6 +334,10 @@ class RungeKuttaStepper(Stepper):
             return StepState(t1, y1, f_next, dt_next), step, self._status(status)
         return StepState(t0, y0, f0, dt_next), None, self._status(status)
 
+    def _count_compiled(self) -> None:
+        if self._compiled:
+            self.field.count(self.tableau.stages - 1)
+
     def _status(self, status: list[bool]) -> tuple[bool, ...]:
         """(accepted, finite, size_ok, reached[, forced]) from the stepper's flag list."""
         return tuple(status[:5]) if self.min_step > 0 else tuple(status[:4])
@@ -309,7 +353,8 @@ class RungeKuttaStepper(Stepper):
             t0, None if self.dt is None else dt, end, self._stops, self._t_end, land, self._origin
         )
         self.last_dt = h
-        stages, _ = self._stages(t0, y0, f0, h, t1)
+        stages, _ = self._run_stages(self, t0, y0, f0, h, t1)
+        self._count_compiled()
         y1 = torch.addmv(y0, stages.t(), self._coef["b"] * h.to(y0.dtype))
         with torch.no_grad():
             flags = [torch.isfinite(y1).all(), t1 > t0, t1 >= t_target]
@@ -376,7 +421,8 @@ class RungeKuttaStepper(Stepper):
         self._prepare(y0)
         t1 = t0 + h
         f0 = self.field(self._after(t0, y0.dtype), y0)
-        stages, last_input = self._stages(t0, y0, f0, h, t1)
+        stages, last_input = self._run_stages(self, t0, y0, f0, h, t1)
+        self._count_compiled()
         landed = torch.zeros((), dtype=torch.bool, device=t0.device)
         # A step ending on a jump does not hand its last stage on (one sync, only with jumps).
         on_jump = self._jumps is not None and bool(self._on_jump(t1))
@@ -386,6 +432,18 @@ class RungeKuttaStepper(Stepper):
         y1 = torch.addmv(y0, stages.t(), self._coef["b"] * h.to(y0.dtype))
         step, _ = self._end_of_step(t0, t1, y0, y1, stages, h, landed, on_jump, next_stage=False)
         return step
+
+
+@functools.cache
+def compiled_step(method: str, mode: str | None) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """``RungeKuttaStepper.<method>`` compiled by ``torch.compile`` (``mode`` its mode, e.g.
+    ``"reduce-overhead"`` for CUDA graphs): one compiled function per process, shared by every
+    stepper, so a new solve (a new stepper, a new field closure) reuses the compiled code
+    instead of compiling again; dynamo's guards recompile only for a new shape, dtype, device,
+    tableau or grad mode. The field is traced together with the stage arithmetic (and, for
+    ``_trial``, the step-size control), which is what removes eager PyTorch's per-operation
+    cost at small widths; the loop, the dense output and the rules stay eager."""
+    return torch.compile(getattr(RungeKuttaStepper, method), mode=mode, dynamic=False)
 
 
 def flat_tolerance(name: str, value, layout: Layout, like: torch.Tensor):  # noqa: ANN001
