@@ -20,9 +20,11 @@ from ._errors import (
     OdeplugError,
     PluginError,
     PluginNameNotLoadedError,
+    PrecisionWarning,
     SolveError,
     StepBudgetExhaustedError,
     StepSizeUnderflowError,
+    StiffProblemError,
     UnsupportedCombinationError,
 )
 from ._layout import Block, Layout
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
     from odeplug_auto import Auto
     from odeplug_direct import Direct
     from odeplug_gq import AdaptiveNodes, GaussAdjoint, GQAdjoint, NodePolicy, PaperNodes
+    from odeplug_implicit import ESDIRK, ImplicitRungeKutta, Kvaerno3, Kvaerno4, Kvaerno5, RadauIIA5
     from odeplug_norms import MaxNorm, MixedNorm, RMSNorm, Seminorm
     from odeplug_quadrature import GaussLegendre
     from odeplug_sde import KarhunenLoeve, KarhunenLoevePath, SDEProblem, SDESolver, WienerPath
@@ -91,7 +94,7 @@ __all__ = [
     # errors
     "OdeplugError", "InvalidArgumentError", "InvalidOptionError", "UnsupportedCombinationError",
     "PluginError", "PluginNameNotLoadedError", "SolveError", "NonFiniteStateError",
-    "StepSizeUnderflowError", "StepBudgetExhaustedError",
+    "StepSizeUnderflowError", "StepBudgetExhaustedError", "StiffProblemError", "PrecisionWarning",
 ]
 
 

@@ -45,6 +45,15 @@ class StepBudgetExhaustedError(SolveError):
     """``max_steps`` steps were attempted before the solve reached its end time."""
 
 
+class StiffProblemError(SolveError):
+    """An explicit solver's step size stayed pinned at its stability limit: the problem is stiff
+    there, and an implicit solver would take far fewer steps."""
+
+
+class PrecisionWarning(UserWarning):
+    """A tolerance the state's dtype cannot resolve (below about 100 × its machine epsilon)."""
+
+
 class PluginNameNotLoadedError(PluginError, AttributeError):
     """A plugin being loaded looked up a name on ``odeplug`` that no plugin loaded so far exports
     (it must declare the plugin providing it in its hook's ``requires``)."""

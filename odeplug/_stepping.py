@@ -297,8 +297,8 @@ def _check_budget(
         where = stepper.field.to_user_time(state.t)
         raise StepBudgetExhaustedError(
             f"max_steps={budget} steps were attempted ({counts.accepted} accepted, "
-            f"{counts.rejected} rejected) and the solve stopped at t={float(where):.6g}, "
-            f"short of t={float(stepper.field.to_user_time(t_target)):.6g}. Raise the solver's "
+            f"{counts.rejected} rejected) and the solve stopped at t={float(where):.10g}, "
+            f"short of t={float(stepper.field.to_user_time(t_target)):.10g}. Raise the solver's "
             "max_steps, loosen rtol/atol, or check the problem for stiffness or blow-up."
         )
 

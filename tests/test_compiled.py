@@ -53,7 +53,7 @@ def test_compiled_dopri5_matches_eager(field: Field, rule: odeplug.GradientRule)
     for got, want in zip(compiled[1], eager[1]):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
     # Every evaluation counted, the same steps taken.
-    for key in ("nfe", "accepted", "rejected", "nfe_backward"):
+    for key in ("nfe", "steps_accepted", "steps_rejected", "nfe_backward"):
         assert compiled[2].get(key) == eager[2].get(key), key
 
 

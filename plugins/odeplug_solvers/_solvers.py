@@ -198,6 +198,15 @@ def _compile_mode(instance, attribute, value):  # noqa: ANN001
     )
 
 
+def _stiff_steps(instance, attribute, value):  # noqa: ANN001
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return
+    raise odeplug.InvalidOptionError(
+        f"{type(instance).__name__}: stiff_steps must be a positive int (steps at the stability "
+        f"limit before the stiffness error) or None (no test), got {value!r}."
+    )
+
+
 def _boolean(instance, attribute, value):
     if not isinstance(value, bool):
         raise odeplug.InvalidOptionError(
@@ -291,6 +300,12 @@ class AdaptiveRungeKutta(RungeKutta):
             to rounding. The first solve of a shape compiles (seconds to a minute, reported
             apart by ``odeplug bench compiled``); later solves reuse the code. f must be
             traceable by ``torch.compile``; what it cannot trace runs eagerly.
+        stiff_steps: the stiffness test (default 1000; ``None`` turns it off). Each accepted
+            step estimates h·ρ, ρ the field's stiffest rate, from its last two stages (Hairer &
+            Wanner, *Solving ODEs II*, sec. IV.2); after this many steps at the method's
+            stability limit (six calm steps in a row reset the count) the solve stops with
+            :class:`odeplug.StiffProblemError`, which names the implicit solvers: the step size
+            is then set by stability, and an explicit solver would go on for minutes.
     """
 
     rtol: float = attrs.field(default=1e-7, converter=_tolerance, validator=_valid_tolerance)
@@ -301,6 +316,7 @@ class AdaptiveRungeKutta(RungeKutta):
     max_step: float | None = attrs.field(default=None, validator=_max_step)
     max_steps: int = attrs.field(default=_DEFAULT_MAX_STEPS, validator=_positive_int)
     compile: bool | str = attrs.field(default=False, validator=_compile_mode)
+    stiff_steps: int | None = attrs.field(default=1000, validator=_stiff_steps)
 
     def __attrs_post_init__(self) -> None:
         if max(_tolerance_values(self.rtol)) == 0 and max(_tolerance_values(self.atol)) == 0:
@@ -405,7 +421,7 @@ def register() -> None:
         return RungeKuttaStepper(
             solver.tableau, field, layout, rtol=solver.rtol, atol=solver.atol, norm=norm,
             first_step=solver.first_step, max_steps=solver.max_steps, min_step=solver.min_step,
-            max_step=solver.max_step, compile=solver.compile,
+            max_step=solver.max_step, compile=solver.compile, stiff_steps=solver.stiff_steps,
         )
 
     @odeplug.register

@@ -19,6 +19,7 @@ Tensors only in the loop: one device synchronisation per attempted step.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import torch
@@ -45,6 +46,7 @@ class RungeKuttaStepper(Stepper):
         "first_step", "dt", "_norm", "_norm_fn", "_coef", "_dtype", "_stage_is_end", "_t_end",
         "min_step", "max_step", "last_dt", "_rtol", "_atol", "_stops", "_jumps", "grid", "linear",
         "perturb", "_to_outputs", "_origin", "_run_trial", "_run_stages", "_evaluate", "_compiled",
+        "stiff_steps", "_stiff_run", "_calm_run", "_stage_gap", "_b_error", "_error_dtype", "_stiff_limit",
     )
     supports_stops = True
 
@@ -67,11 +69,15 @@ class RungeKuttaStepper(Stepper):
         interpolation: str = "cubic",
         perturb: bool = False,
         compile: bool | str = False,  # noqa: A002  (the solver option's name)
+        stiff_steps: int | None = None,
     ) -> None:
         """``adaptive`` (default: whether ``dt`` is None) picks error control; the fixed-step
         options ``dt``, ``grid``, ``interpolation`` and ``perturb`` are :class:`FixedStep`'s;
         ``compile`` is the solvers' (see :func:`compiled_step`)."""
         self.field = field
+        self.stiff_steps = stiff_steps if (dt is None if adaptive is None else adaptive) else None
+        self._stiff_run = self._calm_run = 0
+        self._stiff_limit = 0.98 * tableau.real_stability_limit
         self._compiled = bool(compile)
         # Compiled stages evaluate F uncounted and count once per call (see VectorField.uncounted).
         self._evaluate = field.uncounted if compile else field
@@ -118,10 +124,20 @@ class RungeKuttaStepper(Stepper):
         self._dtype = y0.dtype
         self._coef = self.tableau.tensors(y0.dtype, y0.device)
         if self.adaptive:
-            self._norm_fn = odeplug.resolve_norm(self._norm, y0, self.layout)
+            # The error control runs in float32 or wider: a float16 state's scaled error
+            # (error / tolerance) overflows its 65504 long before the solve is in trouble.
+            edtype = self._error_dtype = torch.promote_types(y0.dtype, torch.float32)
+            like = y0.detach().to(edtype)
+            check_precision(self.rtol, y0.dtype)
+            self._norm_fn = odeplug.resolve_norm(self._norm, like, self.layout)
             # Per-element tolerances are broadcast to the flat state once per solve.
-            self._rtol = flat_tolerance("rtol", self.rtol, self.layout, y0)
-            self._atol = flat_tolerance("atol", self.atol, self.layout, y0)
+            self._rtol = flat_tolerance("rtol", self.rtol, self.layout, like)
+            self._atol = flat_tolerance("atol", self.atol, self.layout, like)
+            error_coef = self.tableau.tensors(edtype, y0.device)
+            self._b_error = error_coef["b_error"]
+            # Y_s − Y_(s−1) = h Σ_j (a_sj − a_(s−1)j) k_j: the gap between the last two stage
+            # inputs, whose slopes' gap gives the stiffness estimate (see _trial).
+            self._stage_gap = error_coef["a"][-1] - error_coef["a"][-2]
         if self._stops is not None:
             self._stops = self._stops.to(y0.device)
         if self._jumps is not None:
@@ -178,6 +194,7 @@ class RungeKuttaStepper(Stepper):
 
     def start(self, t0: torch.Tensor, y0: torch.Tensor, t_end: torch.Tensor) -> StepState:
         self._prepare(y0)
+        self._check_budget_can_be_met(t0, t_end)
         if not self.adaptive:
             if self.grid is not None:
                 check_grid_ends(self.grid, self.field, t0, t_end)
@@ -195,13 +212,31 @@ class RungeKuttaStepper(Stepper):
                 h = self._initial_step(t0.detach(), y0.detach(), f0.detach())
         return StepState(t0, y0, f0, self._clamp(h))
 
+    def _check_budget_can_be_met(self, t0: torch.Tensor, t_end: torch.Tensor) -> None:
+        """Refuse up front a solve whose span needs more than ``max_steps`` steps of the fixed
+        ``dt`` (or of at most ``max_step``), instead of stepping until the budget runs out."""
+        size, name = (self.dt, "dt") if not self.adaptive else (self.max_step, "max_step")
+        if size is None:
+            return
+        span = abs(float(t_end - t0))
+        needed = math.ceil(span / size * (1 - 1e-12))
+        if needed > self.max_steps:
+            raise odeplug.StepBudgetExhaustedError(
+                f"the span {span:.6g} needs at least {needed} steps of {name}={size:g}, more than "
+                f"max_steps={self.max_steps}: raise max_steps to at least {needed} or use a larger "
+                f"{name}."
+            )
+
     def _clamp(self, h: torch.Tensor) -> torch.Tensor:
         if self.min_step > 0 or self.max_step is not None:
             return h.clamp(min=self.min_step, max=self.max_step)
         return h
 
     def _initial_step(self, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
-        """Hairer, Nørsett & Wanner (II.4) starting step, with torchdiffeq's constants."""
+        """Hairer, Nørsett & Wanner (II.4) starting step, with torchdiffeq's constants; its
+        norms in the error control's dtype (float32 or wider), as the step control's."""
+        dtype = y0.dtype
+        y0, f0 = y0.to(self._error_dtype), f0.to(self._error_dtype)
         scale = self._atol + y0.abs() * self._rtol
         d0 = self._scaled_norm(y0 / scale).abs()
         d1 = self._scaled_norm(f0 / scale).abs()
@@ -211,7 +246,7 @@ class RungeKuttaStepper(Stepper):
             h0 = 0.01 * d0 / d1
         h0 = h0.abs()
         y1 = y0 + h0 * f0
-        f1 = self.field((t0 + h0).to(y0.dtype), y1)
+        f1 = self.field((t0 + h0).to(dtype), y1.to(dtype)).to(y0.dtype)
         d2 = torch.abs(self._scaled_norm((f1 - f0) / scale) / h0)
         if d1 <= 1e-15 and d2 <= 1e-15:
             h1 = torch.clamp(h0 * 1e-3, min=1e-6)
@@ -281,8 +316,12 @@ class RungeKuttaStepper(Stepper):
         coef = self._coef
         y1 = last_input if self.tableau.fsal else torch.addmv(y0, stages.t(), coef["b"] * dty)
         with torch.no_grad():
-            error = torch.mv(stages.t().detach(), coef["b_error"] * dty)
-            tolerance = self._atol + self._rtol * torch.maximum(y0.detach().abs(), y1.detach().abs())
+            edtype = self._error_dtype
+            k = stages.detach().to(edtype)
+            dte = dt.detach().to(edtype)
+            error = torch.mv(k.t(), self._b_error * dte)
+            scale = torch.maximum(y0.detach().abs(), y1.detach().abs()).to(edtype)
+            tolerance = self._atol + self._rtol * scale
             ratio = self._scaled_norm(error / tolerance)
             accept = ratio <= 1
             flags = [finite := torch.isfinite(y1).all(), t1 > t0]
@@ -300,6 +339,14 @@ class RungeKuttaStepper(Stepper):
             flags = [accept, *flags, t_next >= t_target]
             if self.min_step > 0:
                 flags.append(forced)
+            if self.stiff_steps is not None:
+                # Shampine's and Hairer's test (Solving ODEs II, sec. IV.2): the last two
+                # stages' slopes differ by about J (Y_s − Y_(s−1)), so h·ρ with
+                # ρ = ‖k_s − k_(s−1)‖ / ‖Y_s − Y_(s−1)‖ estimates h times the stiffest rate;
+                # above the stability limit the step size is set by stability, not accuracy.
+                gap = torch.linalg.vector_norm(torch.mv(k.t(), self._stage_gap * dte))
+                slope_gap = torch.linalg.vector_norm(k[-1] - k[-2])
+                flags.append((dte * slope_gap > self._stiff_limit * gap) & (gap > 0))
             if self._jumps is not None:
                 flags.append(self._on_jump(t1))
             flags = torch.stack(flags)
@@ -316,6 +363,8 @@ class RungeKuttaStepper(Stepper):
         self._count_compiled()
         self.last_dt = dt
         status = flags.tolist()
+        if self.stiff_steps is not None and status[0]:
+            self._stiffness_test(status[4 + (self.min_step > 0)], t0)
         accepted = status[0]
         if accepted:
             on_jump = self._jumps is not None and status[-1]
@@ -333,6 +382,28 @@ class RungeKuttaStepper(Stepper):
                 step = Step(t0, t1, y0, y1, stages, dt, shortened, f1)
             return StepState(t1, y1, f_next, dt_next), step, self._status(status)
         return StepState(t0, y0, f0, dt_next), None, self._status(status)
+
+    def _stiffness_test(self, stiff: bool, t0: torch.Tensor) -> None:
+        """Count accepted steps at the stability limit (six calm steps in a row reset the run,
+        as in Hairer's DOPRI5) and raise once ``stiff_steps`` of them have run."""
+        if not stiff:
+            self._calm_run += 1
+            if self._calm_run >= 6:
+                self._stiff_run = 0
+            return
+        self._calm_run = 0
+        self._stiff_run += 1
+        if self._stiff_run < self.stiff_steps:
+            return
+        name = self.tableau.name
+        raise odeplug.StiffProblemError(
+            f"the problem looks stiff: for {self._stiff_run} accepted steps up to "
+            f"t={float(self.field.to_user_time(t0)):.6g} {name}'s step size stayed at its stability "
+            f"limit (h·ρ ≈ {self.tableau.real_stability_limit:.3g}, ρ the field's stiffest rate), so "
+            "stability, not accuracy, sets the steps. Use an implicit solver: odeplug.Kvaerno5() or "
+            "odeplug.RadauIIA5() (the odeplug_implicit plugin). To go on with this solver anyway, "
+            f"pass {name}(stiff_steps=None) (or a larger count)."
+        )
 
     def _count_compiled(self) -> None:
         if self._compiled:
@@ -444,6 +515,40 @@ def compiled_step(method: str, mode: str | None) -> Callable[..., tuple[torch.Te
     ``_trial``, the step-size control), which is what removes eager PyTorch's per-operation
     cost at small widths; the loop, the dense output and the rules stay eager."""
     return torch.compile(getattr(RungeKuttaStepper, method), mode=mode, dynamic=False)
+
+
+#: The state dtypes whose tolerances are checked against their machine epsilon (float32 and
+#: float64 are not: torchdiffeq's default rtol 1e-7 is already near float32's epsilon, and
+#: there it costs steps, not the answer).
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_precision(rtol, dtype: torch.dtype) -> None:  # noqa: ANN001
+    """Warn (:class:`odeplug.PrecisionWarning`) when ``rtol`` is below 100 × the machine epsilon
+    of a float16 or bfloat16 state: steps then add increments the dtype rounds away, and the
+    solve stalls at a wrong answer (bfloat16, y' = −y at rtol 1e-7: y(1) = 0.996, not 0.368)."""
+    if dtype not in _LOW_PRECISION:
+        return
+    smallest = 100 * torch.finfo(dtype).eps
+    low = min(_flat_values(rtol))
+    if low < smallest:
+        import warnings
+
+        warnings.warn(
+            f"rtol={low:g} is below what a {dtype} state resolves (100 × its machine epsilon "
+            f"= {smallest:.4g}): its steps' increments round away and the solve can stall at a "
+            f"wrong answer. Use rtol >= {smallest:.4g}, or solve in float32 and cast the result.",
+            odeplug.PrecisionWarning, stacklevel=4,
+        )
+
+
+def _flat_values(value) -> list[float]:  # noqa: ANN001
+    """The numbers of a tolerance: a number, an ElementwiseTolerance, or a tuple of those."""
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    if hasattr(value, "values"):
+        return list(value.values)
+    return [v for item in value for v in _flat_values(item)]
 
 
 def flat_tolerance(name: str, value, layout: Layout, like: torch.Tensor):  # noqa: ANN001

@@ -67,6 +67,14 @@ class ButcherTableau:
     def adaptive(self) -> bool:
         return self.b_error is not None
 
+    @property
+    def real_stability_limit(self) -> float:
+        """The length x of the negative real axis where the method is stable: |R(−s)| ≤ 1 for
+        s ∈ [0, x], R(z) = 1 + z bᵀ(I − zA)⁻¹𝟙 its stability function (Hairer & Wanner,
+        *Solving ODEs II*, sec. IV.2; Dopri5: 3.31). A step with h·ρ above it, ρ the field's
+        stiffest rate, is stable only by luck: the stiffness test compares against it."""
+        return _real_stability_limit(self)
+
     def tensors(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
         """The coefficients as tensors, built once per tableau, dtype and device (shared by
         every solve, which only reads them): ``a``, ``b``, ``c``, ``dense`` (and ``b_error``),
@@ -89,6 +97,19 @@ class ButcherTableau:
         if self.b_error is not None:
             out["b_error"] = torch.tensor(self.b_error, dtype=torch.float64)
         return {k: v.to(dtype=dtype, device=device) for k, v in out.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _real_stability_limit(tableau: ButcherTableau) -> float:
+    # R(z) on a fine grid of z = −s, by the stage recursion g_i = 1 + z Σ_j a_ij g_j (explicit).
+    s = torch.arange(0, 40, 1e-3, dtype=torch.float64)
+    z = -s
+    g: list[torch.Tensor] = []
+    for row in tableau.a:
+        g.append(1 + z * sum((aij * gj for aij, gj in zip(row, g)), torch.zeros_like(z)))
+    r = 1 + z * sum(bi * gi for bi, gi in zip(tableau.b, g))
+    unstable = (r.abs() > 1 + 1e-12).nonzero()
+    return float(s[unstable[0, 0] - 1]) if unstable.numel() else float(s[-1])
 
 
 @functools.lru_cache(maxsize=256)
