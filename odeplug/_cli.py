@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import math
 import sys
@@ -46,8 +47,17 @@ def _rules(text: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def _version() -> str:
+    """The installed distribution's version (a source tree run without installing has none)."""
+    try:
+        return importlib.metadata.version("odeplug")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="odeplug", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"odeplug {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     plugins = sub.add_parser("plugins", help="list plugins (entry point, distribution, status)")
@@ -74,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", help="training steps per rule")
     bench.add_argument("--rules", type=_rules,
                        help="rules to run, e.g. 'Direct,Adjoint(norm=Seminorm())' (default: all)")
-    bench.add_argument("--tol", type=float, help="rtol = atol of the solver")
+    bench.add_argument("--tol", help="rtol = atol of the solver, a number in (0, 1)")
     bench.add_argument("--repeats", help="timing rounds (tasks that time one solve)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N")
@@ -82,7 +92,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="torch intra-op threads for the task, set once before it runs "
                             "(default: torch's current setting, shown above the table); "
                             "1 on a shared machine")
+    bench.add_argument("--processes", metavar="N",
+                       help="train data-parallel over N gloo processes on this machine (DDP, the "
+                            "batch split between them; --threads each, default 1) and report the "
+                            "time per step and scaling efficiency against one process (sines, "
+                            "spheres)")
     bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    bench.add_argument("--plot", metavar="FILE.png",
+                       help="also draw the rows into FILE (time per step against width, backward "
+                            "NFE and peak memory per rule; needs pip install 'odeplug[plot]')")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -113,6 +131,16 @@ def _cell_value(row: dict[str, Any], column: str, spreads: set[str]) -> str:
     return _format(row.get(column))
 
 
+def _table_columns(rows: list[dict[str, Any]]) -> tuple[list[str], set[str]]:
+    """The printed columns, in order of first appearance, and those printed as a spread."""
+    spreads = _spread_columns(rows)
+    hidden = {f"{c}_{end}" for c in spreads for end in ("min", "max")}
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns and c not in hidden]
+    return columns, spreads
+
+
 def print_table(rows: list[dict[str, Any]], out: Any = None) -> None:
     """Rows as a table; a column ``X`` with ``X_min`` and ``X_max`` beside it is printed as one
     column, ``median (min–max)``."""
@@ -120,11 +148,7 @@ def print_table(rows: list[dict[str, Any]], out: Any = None) -> None:
     if not rows:
         print("(no rows)", file=out)
         return
-    spreads = _spread_columns(rows)
-    hidden = {f"{c}_{end}" for c in spreads for end in ("min", "max")}
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns and c not in hidden]
+    columns, spreads = _table_columns(rows)
     cells = [[_cell_value(row, c, spreads) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(), file=out)
@@ -291,15 +315,34 @@ def _optional_positive(name: str, text: str | None) -> int | None:
     return value
 
 
+def _check_tol(text: str | None) -> float | None:
+    """``text`` as a tolerance in (0, 1) (None stays None); ValueError with a one-line message."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise ValueError(f"--tol must be a number between 0 and 1 (rtol = atol), got {text!r}")
+    return value
+
+
 def _check_device(text: str) -> str:
     """``text`` if it names the CPU or an available CUDA device; ValueError with a one-line
     message otherwise (the tasks put models and data on it and synchronise CUDA around timings)."""
     import torch
 
+    from odeplug.bench._suggest import did_you_mean
+
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
-        raise ValueError(f"--device {text!r} is not a torch device; use cpu or cuda[:N]") from None
+        typed = text.split(":")[0]
+        typed = "cuda" if typed.lower() == "gpu" else typed  # what "gpu" means to torch
+        raise ValueError(f"--device {text!r} is not a torch device"
+                         f"{did_you_mean(typed, ('cpu', 'cuda')) or ';'} use cpu or cuda[:N]"
+                         ) from None
     if device.type == "cpu":
         return "cpu"
     if device.type != "cuda":
@@ -322,8 +365,10 @@ def _facts_line(facts: dict[str, Any], why: str) -> str:
 
 def _bench(args: argparse.Namespace) -> int:
     from odeplug import InvalidArgumentError
-    from odeplug.bench import (RUN_FACTS, BenchOptions, run_facts, task_threads, tasks,
-                               torch_threads)
+    from odeplug.bench import (RUN_FACTS, BenchOptions, gradient_rules, run_facts, task_columns,
+                               task_threads, tasks, torch_threads)
+    from odeplug.bench._legend import legend_lines
+    from odeplug.bench._suggest import did_you_mean
 
     available = tasks()
     if args.list:
@@ -331,19 +376,35 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"{name:12s} {summary}")
         return 0
     if args.task not in available:
-        return _bench_error(f"unknown task {args.task!r}; tasks: {', '.join(sorted(available))}")
+        return _bench_error(f"unknown task {args.task!r}"
+                            f"{did_you_mean(args.task, available) or '.'} "
+                            f"Tasks: {', '.join(sorted(available))}.")
     try:  # every value is checked before anything runs: one line each, no traceback
         threads = _optional_positive("--threads", args.threads)
         repeats = _optional_positive("--repeats", args.repeats)
         epochs = _optional_positive("--epochs", args.epochs)
+        tol = _check_tol(args.tol)
         device = _check_device(args.device)
-    except ValueError as exc:
-        return _bench_error(str(exc))
+        processes = _optional_positive("--processes", args.processes) or 1
+        if processes > 1:
+            from odeplug.bench._processes import check_processes
+
+            check_processes(args.task, processes, device)
+        if args.rules:
+            gradient_rules(args.rules)  # each name known and its options buildable
+        if args.plot:
+            from odeplug.bench._plot import check_can_draw
+
+            check_can_draw(args.plot)
+    except (ValueError, ImportError) as exc:  # InvalidArgumentError is a ValueError
+        return _bench_error(" ".join(str(exc).split()))
     threads, why = task_threads(args.task, threads, device)
+    if processes > 1 and args.threads is None:  # N processes share the cores: one thread each
+        threads, why = 1, "per process, --processes"
     options = BenchOptions(
-        widths=args.widths, epochs=epochs, rules=args.rules, tol=args.tol, seed=args.seed,
+        widths=args.widths, epochs=epochs, rules=args.rules, tol=tol, seed=args.seed,
         repeats=repeats, progress=not args.no_progress and sys.stderr.isatty(),
-        device=device, threads=threads,
+        device=device, threads=threads, processes=processes,
     )
     fn, summary = available[args.task]
     print(f"odeplug bench {args.task}: {summary}")
@@ -357,13 +418,34 @@ def _bench(args: argparse.Namespace) -> int:
             return _bench_error(" ".join(str(exc).split()))
     shown = [{k: v for k, v in row.items() if k not in RUN_FACTS} for row in rows]
     print_table(shown)
-    if any(_spread_columns([row]) for row in shown):
-        print("timed columns: median (min–max) over the timed rounds")
+    columns, spreads = _table_columns(shown)
+    for line in legend_lines(columns, task_columns(args.task), spreads):
+        print(line)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"task": args.task, "run": facts,
                        "rows": [{**row, **facts} for row in rows]}, fh, indent=2)
         print(f"wrote {args.json}")
+    if args.plot:
+        return _plot(args.task, summary, shown, facts, args.plot)
+    return 0
+
+
+def _plot(task: str, summary: str, rows: list[dict[str, Any]], facts: dict[str, Any],
+          path: str) -> int:
+    """Draw ``rows`` into ``path`` (after the table, so a run that cannot be drawn still shows)."""
+    from odeplug.bench._plot import draw, panels
+
+    figure_panels = panels(rows)
+    if not figure_panels:
+        print(f"odeplug bench: --plot: the rows of {task} carry no rule with a time per step, "
+              "backward NFE or peak memory; nothing drawn", file=sys.stderr)
+        return 1
+    device = facts["device"] + (f" ({facts['gpu']})" if facts.get("gpu") else "")
+    draw(figure_panels, path, f"odeplug bench {task}: {summary}",
+         f"threads {facts['threads']} · torch {facts['torch']} · odeplug {facts['odeplug']} · "
+         f"{device} · CPU {facts['cpu']}")
+    print(f"wrote {path}")
     return 0
 
 

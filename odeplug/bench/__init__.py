@@ -2,7 +2,9 @@
 
 A task is a function ``task(options) -> list[dict]`` registered with :func:`task`; each dict is
 one printed row. Tasks measure every registered gradient rule they apply to, so a rule appears
-in the bench the moment its plugin registers. Plugins may register tasks of their own.
+in the bench the moment its plugin registers. Plugins may register tasks of their own, in a
+module of their own that an ``odeplug.bench`` entry point names: only ``odeplug bench`` imports
+it (:mod:`odeplug.bench._discovery`), so loading a plugin costs nothing for its bench.
 
 Timings people can trust (docs/benchmarks.md, "Measuring fairly"): a task that times several
 rules runs them in rounds (:func:`interleaved`: each round every rule once, the order rotated
@@ -24,8 +26,8 @@ from typing import Any, TypeVar
 
 import attrs
 
-__all__ = ["BenchOptions", "task", "tasks", "task_threads", "gradient_rules", "interleaved",
-           "spread", "run_facts", "torch_threads", "cpu_model", "RUN_FACTS"]
+__all__ = ["BenchOptions", "task", "tasks", "task_threads", "task_columns", "gradient_rules",
+           "interleaved", "spread", "run_facts", "torch_threads", "cpu_model", "RUN_FACTS"]
 
 _K = TypeVar("_K")
 
@@ -43,18 +45,24 @@ class BenchOptions:
     progress: bool = True
     device: str = "cpu"
     threads: int | None = None  # torch's intra-op threads, set by the command before the task
+    processes: int = 1  # data-parallel processes (--processes; odeplug.bench._processes)
 
 
 _TASKS: dict[str, tuple[Callable[[BenchOptions], list[dict[str, Any]]], str]] = {}
 _CPU_THREADS: dict[str, int] = {}
+_COLUMNS: dict[str, dict[str, str]] = {}
 
 
-def task(name: str, summary: str, *, cpu_threads: int | None = None
+def task(name: str, summary: str, *, cpu_threads: int | None = None,
+         columns: dict[str, str] | None = None
          ) -> Callable[[Callable[[BenchOptions], list[dict[str, Any]]]], Any]:
     """Register a bench task under ``name`` (the first line of ``odeplug bench --list``).
 
     ``cpu_threads``: the thread count the task runs with on CPU when ``--threads`` is not given
-    and ``OMP_NUM_THREADS`` is not set (default: torch's current setting)."""
+    and ``OMP_NUM_THREADS`` is not set (default: torch's current setting).
+    ``columns``: what the task's own columns mean, with units, for the legend under its table
+    (names that several tasks share, ``step_s``, ``nfe_backward``, ``peak_MB``, ..., are
+    described once in ``odeplug.bench._legend.COLUMNS``)."""
 
     def decorate(fn: Callable[[BenchOptions], list[dict[str, Any]]]) -> Any:
         if name in _TASKS:
@@ -62,9 +70,21 @@ def task(name: str, summary: str, *, cpu_threads: int | None = None
         _TASKS[name] = (fn, summary)
         if cpu_threads is not None:
             _CPU_THREADS[name] = cpu_threads
+        if columns:
+            _COLUMNS[name] = dict(columns)
         return fn
 
     return decorate
+
+
+def task_columns(name: str) -> dict[str, str]:
+    """The descriptions of task ``name``'s own columns (``task(..., columns=...)``)."""
+    return dict(_COLUMNS.get(name, {}))
+
+
+def _forget_task(name: str) -> None:
+    for registry in (_TASKS, _CPU_THREADS, _COLUMNS):
+        registry.pop(name, None)
 
 
 def task_threads(name: str, threads: int | None, device: str) -> tuple[int | None, str]:
@@ -79,10 +99,14 @@ def task_threads(name: str, threads: int | None, device: str) -> tuple[int | Non
 
 
 def tasks() -> dict[str, tuple[Callable[[BenchOptions], list[dict[str, Any]]], str]]:
-    from . import _guide, _jumps, _overhead, _sines  # noqa: F401  (built-in tasks register on import)
+    """Every task: odeplug's own, then those of the ``odeplug.bench`` entry points, whose
+    modules are imported here, on first call, after the plugins loaded (never by a solve)."""
+    from . import _compiled, _guide, _jumps, _overhead, _sines  # noqa: F401  (built-in tasks register on import)
     from .._plugins import ensure_loaded
+    from ._discovery import load_task_modules
 
     ensure_loaded()
+    load_task_modules(registered=lambda: set(_TASKS), forget=_forget_task)
     return dict(_TASKS)
 
 
@@ -91,21 +115,33 @@ def gradient_rules(selected: tuple[str, ...] | None = None) -> dict[str, Any]:
     lists in ``bench_variants``), or those named in ``selected``.
 
     Names may carry options, e.g. ``Adjoint(norm=Seminorm())``, evaluated against odeplug's names.
+    A name that is no rule, or options that do not build, raise ``InvalidArgumentError`` with a
+    one-line message for ``--rules`` (with the closest known name, for a typo).
     """
     import odeplug
 
     from .._plugins import exported
+    from ._suggest import did_you_mean
 
     names = exported()
     if selected:
+        known = sorted(n for n, v in names.items() if _is_rule(v))
         rules = {}
         for spec in selected:
+            rule_name = spec.split("(", 1)[0].strip()
+            if rule_name not in known:
+                raise odeplug.InvalidArgumentError(
+                    f"unknown rule {rule_name!r} for --rules"
+                    f"{did_you_mean(rule_name, known) or '.'} Known: {', '.join(known)}."
+                )
             try:
                 rules[spec] = eval(spec if "(" in spec else spec + "()", {}, names)  # noqa: S307
             except Exception as exc:
+                misspelt = getattr(exc, "name", None) if isinstance(exc, NameError) else None
+                hint = did_you_mean(misspelt, names) if misspelt else ""
                 raise odeplug.InvalidArgumentError(
-                    f"--rules: cannot build {spec!r} ({exc}); known rules: "
-                    f"{', '.join(n for n, v in names.items() if _is_rule(v))}."
+                    f"--rules: cannot build {spec!r}: {type(exc).__name__}: "
+                    f"{' '.join(str(exc).split())}{hint}"
                 ) from exc
         return rules
     rules: dict[str, Any] = {}

@@ -152,6 +152,10 @@ def sines(options: BenchOptions) -> list[dict[str, Any]]:
     epochs = options.epochs or 15
     tol = options.tol or 1e-3
     rules = gradient_rules(options.rules)
+    if options.processes > 1:  # data-parallel over the batch (DDP): odeplug.bench._processes
+        from ._processes import run_data_parallel
+
+        return run_data_parallel("sines", options, rules, widths, epochs)
     rows = []
     with progress(total=len(rules) * (len(widths) * epochs + 1), enabled=options.progress,
                   desc="sines") as bar:

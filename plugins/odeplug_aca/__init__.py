@@ -4,8 +4,9 @@ Zhuang, Dvornek, Li, Tatikonda, Papademetris & Duncan, "Adaptive Checkpoint Adjo
 Gradient Estimation in Neural ODE", ICML 2020. ``ACA()`` gives the Direct rule's gradients
 (discretise-then-optimise) with the memory of one step's graph plus one checkpoint per accepted
 step; ``ACA(max_checkpoints=B)`` stores at most B checkpoints and recomputes between them.
-The plugin also registers the bench task ``aca`` (memory and time against Direct and Adjoint,
-and ACA's floor: Direct's step plus a graph-free forward solve, timed in the same rounds).
+Its bench task ``aca`` (memory and time against Direct and Adjoint, and ACA's floor: Direct's
+step plus a graph-free forward solve, timed in the same rounds) lives in ``_bench``, which only
+``odeplug bench`` imports (the ``odeplug.bench`` entry point ``aca``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ __all__ = ["ACA", "solve_aca", "register"]
 
 
 def register() -> None:
-    """The plugin's hook: ``solve(ODEProblem, Solver, ACA)``, the name ``ACA``, the bench task."""
+    """The plugin's hook: ``solve(ODEProblem, Solver, ACA)`` and the name ``ACA``."""
 
     @odeplug.register
     def solve(problem: ODEProblem, solver: Solver, rule: ACA, **options):
         return solve_aca(problem, solver, rule, **options)
 
     odeplug.export(ACA)
-
-    from . import _bench  # noqa: F401  (registers the `odeplug bench aca` task)

@@ -209,7 +209,18 @@ def _settings(widths: tuple[int, ...], tol: float) -> list[tuple[int, float, int
     return settings
 
 
-@task("aca", "ACA vs Direct (and Adjoint): peak memory and step time against ACA's floor, sines")
+@task("aca", "ACA vs Direct (and Adjoint): peak memory and step time against ACA's floor, sines",
+      columns={
+          "rule": "gradient rule measured; floor: the Direct rule's step plus a graph-free "
+                  "forward solve, the least ACA can take",
+          "checkpoints": "states ACA saved in the forward solve",
+          "peak_vs_Direct": "peak_MB ÷ the Direct rule's",
+          "held_vs_Direct": "held_MB ÷ the Direct rule's",
+          "grads_floor": "two parameter-sized tensors ÷ the Direct rule's peak: the least any "
+                         "rule backpropagating through the field holds",
+          "time_vs_Direct": "step_s ÷ the Direct rule's, same round",
+          "vs_floor": "ACA's step_s ÷ its floor's, same round",
+      })
 def aca_bench(options: BenchOptions) -> list[dict[str, Any]]:
     widths = options.widths or (200, 1000)
     tol = options.tol or 1e-5

@@ -23,4 +23,3 @@ def register() -> None:
         return solve_adjoint(problem, solver, rule, **options)
 
     odeplug.export(Adjoint)
-    from . import _bench  # noqa: F401  (registers the `adjoint` bench task)

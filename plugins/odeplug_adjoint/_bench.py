@@ -22,7 +22,14 @@ from odeplug.bench._progress import progress
 from odeplug.bench._sines import SinesBackward
 
 
-@task("adjoint", "Adjoint / Adjoint(Seminorm) vs torchdiffeq odeint_adjoint: backward NFE and time")
+@task("adjoint", "Adjoint / Adjoint(Seminorm) vs torchdiffeq odeint_adjoint: backward NFE and time",
+      columns={
+          "nfe_bwd_tde": "torchdiffeq's backward evaluations (its plain or seminorm adjoint)",
+          "nfe_ratio": "nfe_bwd ÷ nfe_bwd_tde",
+          "bwd_s_tde": "seconds of torchdiffeq's backward pass",
+          "time_ratio": "bwd_s ÷ bwd_s_tde, same round",
+          "vs_Adjoint_nfe": "nfe_bwd ÷ the plain Adjoint's in the same setting",
+      })
 def adjoint_bench(options: BenchOptions) -> list[dict[str, Any]]:
     widths = options.widths or (200, 1000)
     repeats = options.repeats or 3

@@ -35,4 +35,3 @@ def register() -> None:
         return adaptive_count(policy, errors)
 
     odeplug.export(GQAdjoint, GaussAdjoint, NodePolicy, AdaptiveNodes, PaperNodes)
-    from . import _bench  # noqa: F401  (registers the `gq` and `spheres` bench tasks)

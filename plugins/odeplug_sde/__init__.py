@@ -102,5 +102,3 @@ def register() -> None:
         not_an_ode_solver()
 
     odeplug.export(SDEProblem, SDESolver, KarhunenLoeve, KarhunenLoevePath, WienerPath)
-
-    from . import _bench  # noqa: F401  (registers the bench task "ou")

@@ -174,7 +174,18 @@ def _sync(device: str) -> None:
 
 
 @task("ou", "neural SDE on the OU process: Wong–Zakai + GQAdjoint vs torchsde Direct/Adjoint",
-      cpu_threads=1)
+      cpu_threads=1,
+      columns={
+          "route": "WZ+rule: Wong–Zakai ODE trained with that rule; SDE: torchsde's sdeint",
+          "epoch_s": "seconds per epoch, over every epoch of every seed",
+          "speedup": "SDE Adjoint's epoch_s ÷ this route's",
+          "test_kl": "KL divergence of the model's Gaussian marginals from the data's on the "
+                     "test set, mean over the seeds (--repeats)",
+          "test_kl_sd": "standard deviation of test_kl over the seeds",
+          "test_kl_init": "test_kl of the untrained models (identical for every route)",
+          "kl_in_sde_spread": "whether test_kl is within two standard deviations of the SDE "
+                              "routes' mean",
+      })
 def ou(options: BenchOptions) -> list[dict[str, Any]]:
     # The model is tiny (45 × 10 rows through width-20 MLPs): on CPU, intra-op threads only add
     # synchronisation, and on a shared machine they can slow every route by an order of magnitude.
