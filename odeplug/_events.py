@@ -218,7 +218,7 @@ def _integrate_until_event(problem: Any, solver: Any, *, read_outputs: bool) -> 
     solve the user sees)."""
     values = event_values(problem)
     field = VectorField(problem.flat_field(), problem.direction,
-                        callbacks=None if read_outputs else (None, None, None))
+                        callbacks=None if read_outputs else (None, None, None), open_end=True)
     try:
         stepper = _verbs.make_stepper(solver, field, problem.layout)
     except UnsupportedCombinationError as error:

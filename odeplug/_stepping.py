@@ -41,7 +41,7 @@ class VectorField(Noun):
     per solve (see :func:`advance`).
     """
 
-    __slots__ = ("fn", "direction", "nfe", "_primed", "stops", "jumps", "callbacks")
+    __slots__ = ("fn", "direction", "nfe", "_primed", "stops", "jumps", "callbacks", "open_end")
 
     def __init__(
         self,
@@ -51,9 +51,13 @@ class VectorField(Noun):
         stop_times: torch.Tensor | None = None,
         jump_times: torch.Tensor | None = None,
         callbacks: tuple[Callable | None, Callable | None, Callable | None] | None = None,
+        open_end: bool = False,
     ):
         self.fn = fn
         self.direction = float(direction)
+        # The solve may end before the end time it is given (an event search): steppers then
+        # do not refuse up front a span their step budget could not cover.
+        self.open_end = open_end
         self.nfe = 0
         self._primed: tuple[torch.Tensor, torch.Tensor] | None = None
         # A problem's flat field carries its stop and jump times and step callbacks

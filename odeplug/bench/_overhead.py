@@ -30,8 +30,9 @@ from ._progress import progress
 _DIM, _BATCH = 4, 16
 
 
-@task("overhead", "loop cost over bare evaluations (Dopri5 forward, Adjoint backward); vs "
-      "torchdiffeq and torchode")
+@task("overhead", "loop cost over bare evaluations (Dopri5 forward, eager and compiled; Adjoint "
+      "backward); vs torchdiffeq and torchode",
+      columns={"compile_s": "the compiled route's first solve (its compilation), s"})
 def overhead(options: BenchOptions) -> list[dict[str, Any]]:
     import torchdiffeq
 
@@ -81,8 +82,21 @@ def overhead(options: BenchOptions) -> list[dict[str, Any]]:
         with torch.no_grad():
             return torchdiffeq.odeint(counted, y0, ts, rtol=tol, atol=tol, method="dopri5")
 
+    # The compiled path (Dopri5(compile=True)) on the same net, through a field without the
+    # Python counter (torch.compile would specialise on it and compile at every call).
+    compiled_solver = odeplug.Dopri5(rtol=tol, atol=tol, compile=True)
+    plain = _Plain(net)
+
+    def compiled_forward() -> Any:
+        with torch.no_grad():
+            return odeplug.solve(odeplug.ODEProblem(plain, y0, ts), compiled_solver)
+
+    started = time.perf_counter()
+    nfe_compiled = compiled_forward().stats["nfe"]
+    compile_s = time.perf_counter() - started
+
     forward = {"odeplug": ours_forward, "bare evaluations": bare_forward,
-               "torchdiffeq": torchdiffeq_forward}
+               "torchdiffeq": torchdiffeq_forward, "odeplug compiled": compiled_forward}
     torchode_forward, torchode_nfe = _torchode(net, y0, ts, tol)
     if torchode_forward is not None:
         forward["torchode"] = torchode_forward
@@ -149,13 +163,22 @@ def overhead(options: BenchOptions) -> list[dict[str, Any]]:
     if torchode_forward is not None:
         forward_row.update(spread("vs_torchode", ratio("forward", "odeplug", "torchode")))
         forward_row["nfe_torchode"] = torchode_nfe
+    compiled_row: dict[str, Any] = {
+        "route": "Dopri5 forward, compile=True", "width": width, "nfe": nfe_compiled,
+        **spread("loop_over_evaluations", ratio("forward", "odeplug compiled", "bare evaluations")),
+        **spread("vs_torchdiffeq", ratio("forward", "odeplug compiled", "torchdiffeq")),
+        **spread("odeplug_s", samples[("forward", "odeplug compiled")]),
+        "compile_s": compile_s,
+    }
+    if torchode_forward is not None:
+        compiled_row.update(spread("vs_torchode", ratio("forward", "odeplug compiled", "torchode")))
     backward_row: dict[str, Any] = {
         "route": "Adjoint backward", "width": width, "nfe": nfe_backward,
         **spread("loop_over_evaluations", ratio("backward", "odeplug", "bare evaluations")),
         **spread("vs_torchdiffeq", ratio("backward", "odeplug", "torchdiffeq")),
         **spread("odeplug_s", samples[("backward", "odeplug")]),
     }
-    return [forward_row, backward_row]
+    return [forward_row, compiled_row, backward_row]
 
 
 class _Counted(torch.nn.Module):
@@ -168,6 +191,17 @@ class _Counted(torch.nn.Module):
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
+        return self.net(y)
+
+
+class _Plain(torch.nn.Module):
+    """The field ``net(y)``."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.net(y)
 
 

@@ -45,7 +45,7 @@ class RungeKuttaStepper(Stepper):
         "field", "tableau", "layout", "order", "dense_order", "max_steps", "adaptive", "rtol", "atol",
         "first_step", "dt", "_norm", "_norm_fn", "_coef", "_dtype", "_stage_is_end", "_t_end",
         "min_step", "max_step", "last_dt", "_rtol", "_atol", "_stops", "_jumps", "grid", "linear",
-        "perturb", "_to_outputs", "_origin", "_run_trial", "_run_stages", "_evaluate", "_compiled",
+        "perturb", "_to_outputs", "_origin", "_run_trial", "_run_stages", "_run_initial_step", "_evaluate", "_compiled",
         "stiff_steps", "_stiff_run", "_calm_run", "_stage_gap", "_b_error", "_error_dtype", "_stiff_limit",
     )
     supports_stops = True
@@ -85,9 +85,11 @@ class RungeKuttaStepper(Stepper):
             mode = None if compile is True else compile
             self._run_trial = compiled_step("_trial", mode)
             self._run_stages = compiled_step("_stages", mode)
+            self._run_initial_step = compiled_step("_initial_step", mode)
         else:
             self._run_trial = RungeKuttaStepper._trial
             self._run_stages = RungeKuttaStepper._stages
+            self._run_initial_step = RungeKuttaStepper._initial_step
         self.adaptive = dt is None if adaptive is None else adaptive
         self.grid = grid
         self.linear = interpolation == "linear"
@@ -209,14 +211,16 @@ class RungeKuttaStepper(Stepper):
             h = torch.as_tensor(self.first_step, dtype=t0.dtype, device=t0.device)
         else:
             with torch.no_grad():
-                h = self._initial_step(t0.detach(), y0.detach(), f0.detach())
+                h = self._run_initial_step(self, t0.detach(), y0.detach(), f0.detach())
+            if self._compiled:
+                self.field.count(1)
         return StepState(t0, y0, f0, self._clamp(h))
 
     def _check_budget_can_be_met(self, t0: torch.Tensor, t_end: torch.Tensor) -> None:
         """Refuse up front a solve whose span needs more than ``max_steps`` steps of the fixed
         ``dt`` (or of at most ``max_step``), instead of stepping until the budget runs out."""
         size, name = (self.dt, "dt") if not self.adaptive else (self.max_step, "max_step")
-        if size is None:
+        if size is None or self.field.open_end:
             return
         span = abs(float(t_end - t0))
         needed = math.ceil(span / size * (1 - 1e-12))
@@ -234,25 +238,21 @@ class RungeKuttaStepper(Stepper):
 
     def _initial_step(self, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
         """Hairer, Nørsett & Wanner (II.4) starting step, with torchdiffeq's constants; its
-        norms in the error control's dtype (float32 or wider), as the step control's."""
+        norms in the error control's dtype (float32 or wider), as the step control's. Tensor
+        operations only (both branches computed, one kept), so it synchronises nothing and
+        compiles with the step (one evaluation of F, counted by the caller when compiled)."""
         dtype = y0.dtype
         y0, f0 = y0.to(self._error_dtype), f0.to(self._error_dtype)
         scale = self._atol + y0.abs() * self._rtol
         d0 = self._scaled_norm(y0 / scale).abs()
         d1 = self._scaled_norm(f0 / scale).abs()
-        if d0 < 1e-5 or d1 < 1e-5:
-            h0 = torch.tensor(1e-6, dtype=y0.dtype, device=y0.device)
-        else:
-            h0 = 0.01 * d0 / d1
-        h0 = h0.abs()
+        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1).abs()
         y1 = y0 + h0 * f0
-        f1 = self.field((t0 + h0).to(dtype), y1.to(dtype)).to(y0.dtype)
+        f1 = self._evaluate((t0 + h0).to(dtype), y1.to(dtype)).to(y0.dtype)
         d2 = torch.abs(self._scaled_norm((f1 - f0) / scale) / h0)
-        if d1 <= 1e-15 and d2 <= 1e-15:
-            h1 = torch.clamp(h0 * 1e-3, min=1e-6)
-        else:
-            # torchdiffeq passes order − 1 here, so the exponent is 1/order.
-            h1 = (0.01 / torch.maximum(d1, d2)) ** (1.0 / float(self.order))
+        # torchdiffeq passes order − 1 here, so the exponent is 1/order.
+        h1 = torch.where((d1 <= 1e-15) & (d2 <= 1e-15), torch.clamp(h0 * 1e-3, min=1e-6),
+                         (0.01 / torch.maximum(d1, d2)) ** (1.0 / float(self.order)))
         return torch.minimum(100 * h0, h1.abs()).to(t0.dtype)
 
     # -- the loop ----------------------------------------------------------------------------
