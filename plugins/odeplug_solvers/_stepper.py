@@ -137,9 +137,11 @@ class RungeKuttaStepper(Stepper):
             self._atol = flat_tolerance("atol", self.atol, self.layout, like)
             error_coef = self.tableau.tensors(edtype, y0.device)
             self._b_error = error_coef["b_error"]
-            # Y_s − Y_(s−1) = h Σ_j (a_sj − a_(s−1)j) k_j: the gap between the last two stage
-            # inputs, whose slopes' gap gives the stiffness estimate (see _trial).
-            self._stage_gap = error_coef["a"][-1] - error_coef["a"][-2]
+            # Y_s − Y_(s−1) = h Σ_j (a_sj − a_(s−1)j) k_j, the gap between the last two stage
+            # inputs, and k_s − k_(s−1), their slopes' gap: the stiffness estimate (_trial).
+            slope_gap = torch.zeros_like(error_coef["a"][-1])
+            slope_gap[-2:] = torch.tensor([-1.0, 1.0], dtype=edtype)
+            self._stage_gap = torch.stack([error_coef["a"][-1] - error_coef["a"][-2], slope_gap])
         if self._stops is not None:
             self._stops = self._stops.to(y0.device)
         if self._jumps is not None:
@@ -264,7 +266,8 @@ class RungeKuttaStepper(Stepper):
         dtype = y0.dtype
         t0y, dty, t1y = t0.to(dtype), dt.to(dtype), self._before(t1, dtype)
         a_dt = coef["a"] * dty
-        c = coef["c"]
+        # Every stage time in one vector operation (indexing it is one more per stage).
+        c_times = t0y + coef["c"] * dty
         stages = self.tableau.stages
         if self._compiled:
             # Traced: each stage input as a sum of scaled stages, which the compiler fuses into
@@ -273,7 +276,7 @@ class RungeKuttaStepper(Stepper):
             yi = y0
             for i in range(1, stages):
                 yi = y0 + sum(a_dt[i, j] * ks[j] for j in range(i))
-                ti = t1y if self._stage_is_end[i] else t0y + c[i] * dty
+                ti = t1y if self._stage_is_end[i] else c_times[i]
                 ks.append(self._evaluate(ti, yi))
             return torch.stack(ks), yi
         if not torch.is_grad_enabled():
@@ -284,14 +287,14 @@ class RungeKuttaStepper(Stepper):
             yi = y0
             for i in range(1, stages):
                 yi = torch.addmv(y0, k[:i].t(), a_dt[i, :i])
-                ti = t1y if self._stage_is_end[i] else t0y + c[i] * dty
+                ti = t1y if self._stage_is_end[i] else c_times[i]
                 k[i] = self._evaluate(ti, yi)
             return k, yi
         ks = [f0]
         yi = y0
         for i in range(1, stages):
             yi = torch.addmv(y0, torch.stack(ks).t(), a_dt[i, :i])  # same layout as the buffer path
-            ti = t1y if self._stage_is_end[i] else t0y + c[i] * dty
+            ti = t1y if self._stage_is_end[i] else c_times[i]
             ks.append(self._evaluate(ti, yi))
         return torch.stack(ks), yi
 
@@ -344,9 +347,10 @@ class RungeKuttaStepper(Stepper):
                 # stages' slopes differ by about J (Y_s − Y_(s−1)), so h·ρ with
                 # ρ = ‖k_s − k_(s−1)‖ / ‖Y_s − Y_(s−1)‖ estimates h times the stiffest rate;
                 # above the stability limit the step size is set by stability, not accuracy.
-                gap = torch.linalg.vector_norm(torch.mv(k.t(), self._stage_gap * dte))
-                slope_gap = torch.linalg.vector_norm(k[-1] - k[-2])
-                flags.append((dte * slope_gap > self._stiff_limit * gap) & (gap > 0))
+                # Y_s − Y_(s−1) = h Σ_j d_j k_j, so h·ρ = ‖k_s − k_(s−1)‖ / ‖Σ_j d_j k_j‖: both
+                # norms from one product with the rows d and (0, …, −1, 1).
+                gaps = torch.linalg.vector_norm(torch.mm(self._stage_gap, k), dim=1)
+                flags.append(gaps[1] > self._stiff_limit * gaps[0])
             if self._jumps is not None:
                 flags.append(self._on_jump(t1))
             flags = torch.stack(flags)
