@@ -120,6 +120,32 @@ def _state_kept(state: tuple[torch.Tensor, ...]) -> Iterator[None]:
                 x.copy_(value)
 
 
+#: FSDP's wrapper (FSDP1) and the class fully_shard mixes in (FSDP2); the parameters of a unit
+#: that is not gathered: FSDP1's flat parameter, FSDP2's DTensor.
+_FSDP_UNITS = ("FullyShardedDataParallel", "FSDPModule")
+_SHARDED = ("FlatParameter", "DTensor")
+
+
+def _refuse_fsdp_inside(rule: GradientRule, f: object, tensors: tuple[torch.Tensor, ...]) -> None:
+    """When the vector field, or a module inside it, is an FSDP unit of its own, FSDP gathers
+    its parameters around each evaluation and frees or reshards them after, while the rule's
+    backward re-evaluates f from the tensors the forward saved: shapes that do not match, or
+    freed memory. Refuse it up front, with the fix. (The module that calls ``solve`` wrapped as
+    one unit is fine: its parameters stay gathered through the solve and its backward.)"""
+    modules = f.modules() if isinstance(f, torch.nn.Module) else ()
+    unit = next((m for m in modules if any(c.__name__ in _FSDP_UNITS for c in type(m).__mro__)), None)
+    sharded = next((x for x in tensors if any(c.__name__ in _SHARDED for c in type(x).__mro__)), None)
+    if unit is not None or sharded is not None:
+        what = (f"the module {type(unit).__name__} in f is an FSDP unit" if unit is not None else
+                f"f reads a sharded parameter ({type(sharded).__name__} of shape {tuple(sharded.shape)})")
+        raise UnsupportedCombinationError(
+            f"{type(rule).__name__}: {what}; this rule re-evaluates f in backward() from the "
+            "parameters the forward saved, which FSDP frees or reshards after each evaluation of a "
+            "unit inside f. Wrap the module whose forward calls odeplug.solve as one FSDP unit, "
+            "with no unit inside the vector field (docs/distributed.md)."
+        )
+
+
 class _Shell(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, spec: tuple, y0: torch.Tensor, ts: torch.Tensor, *inputs: torch.Tensor):
@@ -209,6 +235,7 @@ def differentiate(
     s = solver_times(problem.ts, problem.direction)
     rng_state = RNGState.capture(y0)  # where the draws of that first evaluation begin
     found = field_inputs(field, s[0].to(y0.dtype), y0, problem.params, held_tensors(problem.f))
+    _refuse_fsdp_inside(rule, problem.f, found.tensors)
     field.prime(y0, found.value)
     stats = Stats()
     tape = Tape(problem, solver, rule, field, y0, s, found.tensors,

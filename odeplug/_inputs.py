@@ -52,7 +52,7 @@ class _Reads(TorchFunctionMode):
                 continue
             if x.requires_grad:
                 self.found.setdefault(id(x), x)
-            elif id(x) not in self.read:
+            elif id(x) not in self.read and _has_memory(x):
                 self.read[id(x)] = (x, x.clone())
         out = func(*args, **kwargs)
         for x in tree_flatten(out)[0]:
@@ -62,7 +62,17 @@ class _Reads(TorchFunctionMode):
 
     def changed(self) -> tuple[torch.Tensor, ...]:
         """The outside tensors the evaluation changed in place."""
-        return tuple(x for x, before in self.read.values() if not torch.equal(x, before))
+        return tuple(x for x, before in self.read.values() if _has_memory(x) and not torch.equal(x, before))
+
+
+def _has_memory(x: torch.Tensor) -> bool:
+    """False for a tensor whose storage was freed (FSDP's gathered parameters between uses):
+    copying it to watch for in-place changes would read freed memory (a crash), and nothing can
+    change it in place anyway."""
+    try:
+        return x.numel() == 0 or x.untyped_storage().nbytes() > 0
+    except (RuntimeError, NotImplementedError, TypeError):  # tensor subclasses: as before
+        return True
 
 
 @final

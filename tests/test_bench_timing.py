@@ -277,9 +277,11 @@ def test_ou_interleaves_its_routes_epoch_by_epoch(monkeypatch, tmp_path):
 
 def test_overhead_reports_the_loop_over_its_bare_evaluations_with_the_peers(tmp_path):
     rows = _run(tmp_path, "overhead", "--repeats", "2", "--threads", "1")["rows"]
-    forward, backward = rows
-    assert (forward["route"], backward["route"]) == ("Dopri5 forward", "Adjoint backward")
+    forward, compiled, backward = rows
+    assert [r["route"] for r in rows] == ["Dopri5 forward", "Dopri5 forward, compile=True", "Adjoint backward"]
     assert forward["nfe"] == forward["nfe_torchdiffeq"]  # the same steps as torchdiffeq
+    assert compiled["nfe"] == forward["nfe"]  # the compiled path takes the same steps
+    assert compiled["compile_s"] > 0
     for row in rows:
         for key in ("loop_over_evaluations", "vs_torchdiffeq", "odeplug_s"):
             _assert_spread(row, key)
