@@ -80,10 +80,14 @@ def test_every_adaptive_solver_meets_its_tolerances(name, cls, data, known):
     # second-order pair needs ~10⁴ steps at rtol 1e-8: it is held to the tolerances it is for.
     tightest = 1e-10 if op.order(cls()) >= 4 else 1e-6
     rtol, atol = data.draw(tolerances(min_rtol=tightest, max_rtol=1e-4), label="rtol, atol")
+    # A second-order pair's global error grows further past its local tolerance: Fehlberg2 on
+    # y' = Ay (rate 1.19, t ≤ 2.52) at rtol 1e-4 ends 1067 tolerances off, torchdiffeq's
+    # fehlberg2 on the same problem 1089.
+    bound = 1000 if op.order(cls()) >= 3 else 3000
     ys = op.solve(known.problem, cls(rtol=rtol, atol=atol)).ys
     exact = known.exact(known.problem.ts)
     for computed, truth in zip(*(y if isinstance(y, tuple) else (y,) for y in (ys, exact))):
-        assert float(((computed - truth).abs() / (atol + rtol * truth.abs())).max()) <= 1000, name
+        assert float(((computed - truth).abs() / (atol + rtol * truth.abs())).max()) <= bound, name
 
 
 @pytest.mark.parametrize("name,rule", RULES, ids=[n for n, _ in RULES])

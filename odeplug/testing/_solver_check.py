@@ -424,7 +424,15 @@ def _direct_fd_holds(solver: Solver):
                 # Norm-wise, as in the rule properties: a derivative near zero is held to the
                 # scale of the largest gradient entry, not to its own.
                 scale = max(float((reference.exact[j] * direction).abs().sum()), reference.scale)
-                assert abs(directional - finite_difference) <= tolerance * scale, (
+                # Finite differences of an adaptive solve also see the step sizes move with the
+                # input (Direct holds them fixed), which on a step or two read through a
+                # low-order dense output can exceed the bound. Where FD is the one further from
+                # the exact derivative and Direct is within the bound of it, FD is the noise.
+                exact_directional = float((reference.exact[j] * direction).sum())
+                direct_off = abs(directional - exact_directional)
+                fd_is_the_noise = (direct_off <= tolerance * scale
+                                   and abs(finite_difference - exact_directional) > direct_off)
+                assert abs(directional - finite_difference) <= tolerance * scale or fd_is_the_noise, (
                     f"dL/d{name} along a random direction: Direct gives {directional:.10g}, "
                     f"finite differences {finite_difference:.10g} (relative difference "
                     f"{abs(directional - finite_difference) / scale:.3g}, allowed {tolerance:.3g}; "
