@@ -17,6 +17,7 @@ new initial-step search: torchdiffeq restarts its solver at every output time).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 
 import attrs
 import torch
@@ -257,4 +258,20 @@ def backsolve(
                 state = record_time_gradient(k - 1, state)
     if time_grads is not None and carries_a_t:
         time_grads[0] = state.y[-1]
+    add_backward_counts(stepper)
     return Backsolve(state.y, time_grads, field.nfe + extra["nfe"], counts, stepper, extra["g"])
+
+
+#: The stats of the solve whose ``backward()`` is running (set by the autograd shell), where
+#: backward solves add their steppers' own counts (``Stepper.stats()``, rule 7) as ``<name>_backward``.
+BACKWARD_STATS: ContextVar[dict | None] = ContextVar("odeplug_backward_stats", default=None)
+
+
+def add_backward_counts(stepper: Stepper) -> None:
+    """Add ``stepper``'s own counts (an implicit solver's ``njev``, ``nlu``, ...) to the running
+    backward's stats, suffixed ``_backward``; nothing for a stepper without them."""
+    sink, counts = BACKWARD_STATS.get(), getattr(stepper, "stats", None)
+    if sink is None or counts is None:
+        return
+    for key, value in counts().items():
+        sink[f"{key}_backward"] = sink.get(f"{key}_backward", 0) + value

@@ -183,8 +183,14 @@ class _Shell(torch.autograd.Function):
         tape.saved = tuple(saved[2 + k :])
         need = ctx.needs_input_grad
         needs = Needs(need[1], need[2], tuple(need[3 : 3 + k]))
-        with _state_kept(tape.state):
-            grads = backward(tape, grad_ys, needs)
+        from ._backsolve import BACKWARD_STATS
+
+        token = BACKWARD_STATS.set(tape.stats)  # backward solves add their own counts there
+        try:
+            with _state_kept(tape.state):
+                grads = backward(tape, grad_ys, needs)
+        finally:
+            BACKWARD_STATS.reset(token)
         tape.saved = ()
         inputs = [g if wanted else None for g, wanted in zip(grads.inputs, needs.inputs)]
         return (None, grads.y0 if needs.y0 else None, grads.ts if needs.ts else None, *inputs)

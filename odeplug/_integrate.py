@@ -56,11 +56,15 @@ def check_stops(stepper: Stepper) -> None:
 
 
 def forward_stats(field: VectorField, counts: Counts, stepper: Stepper) -> Stats:
-    """The forward counts: ``nfe``, ``steps_accepted``, ``steps_rejected``, and
-    ``steps_forced`` when the solver has a ``min_step``."""
+    """The forward counts: ``nfe``, ``steps_accepted``, ``steps_rejected``, ``steps_forced``
+    when the solver has a ``min_step``, and the stepper's own counts (its ``stats()``, if any:
+    e.g. an implicit solver's Jacobian evaluations and LU factorisations)."""
     stats = Stats(nfe=field.nfe, steps_accepted=counts.accepted, steps_rejected=counts.rejected)
     if counts.forced or getattr(stepper, "min_step", 0):
         stats["steps_forced"] = counts.forced
+    extra = getattr(stepper, "stats", None)  # a stepper's own counts (Stepper rule 7)
+    if extra is not None:
+        stats.update(extra())
     return stats
 
 

@@ -199,7 +199,8 @@ class Stepper(Noun):
     6. Evaluate the field only through ``self.field`` (it counts).
     7. A stepper with costs of its own (an implicit solver's Jacobian evaluations, LU
        factorisations, Newton iterations) may define ``stats() -> dict[str, int]``: the forward
-       solve copies those counts into ``Solution.stats`` next to ``nfe``.
+       solve copies those counts into ``Solution.stats`` next to ``nfe``, and a backsolve
+       (``odeplug.backward``'s kit) adds its stepper's as ``<name>_backward``.
     """
 
     __slots__ = ()
