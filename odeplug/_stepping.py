@@ -196,7 +196,9 @@ class Stepper(Noun):
        active (for checkpointing rules): given an accepted step's ``t0``, ``y0`` and ``h`` it
        must reproduce its ``y1``, ``stages`` and ``f1`` exactly, evaluating F(t0, y0) through
        the field (a rule may have primed that value, see :meth:`VectorField.prime`).
-    6. Evaluate the field only through ``self.field`` (it counts).
+    6. Evaluate the field only through ``self.field`` (it counts), or, in code compiled by
+       ``torch.compile``, through ``self.field.uncounted``, adding those evaluations with
+       ``self.field.count(n)`` outside the compiled code.
     7. A stepper with costs of its own (an implicit solver's Jacobian evaluations, LU
        factorisations, Newton iterations) may define ``stats() -> dict[str, int]``: the forward
        solve copies those counts into ``Solution.stats`` next to ``nfe``, and a backsolve
