@@ -23,7 +23,7 @@ import attrs
 import torch
 
 from ._adjoint_system import AdjointSystem
-from ._errors import InvalidOptionError
+from ._errors import InvalidOptionError, SolveError
 from ._integrate import check_stops, solver_times
 from ._nouns import GradientRule, Norm, Solver, final
 from ._stepping import Counts, Step, Stepper, StepState, VectorField, advance
@@ -237,29 +237,41 @@ def backsolve(
 
     if time_grads is not None:
         state = record_time_gradient(K, state)
-    for k in range(K, 0, -1):
-        hook = None if on_step is None else (lambda step, k=k: on_step(stepper, step, k))
-        for where in jumps:
-            if bounds[K - k] < where < bounds[K - k + 1]:
-                target = torch.tensor(where, dtype=s.dtype, device=s.device)
-                state, _ = advance(stepper, state, target, counts, on_step=hook, land=True)
-                state = jump_term(state, where)
-        state, _ = advance(stepper, state, s[K - k + 1], counts, on_step=hook, land=True)
-        if on_interval is not None:
-            on_interval(stepper, k, state)
-        if k > 1:
-            if jumps and bounds[K - k + 1] in jumps:
-                state = jump_term(state, bounds[K - k + 1])
-            y = state.y.clone()
-            y[:n] = ys[k - 1]
-            y[n : 2 * n] += grad_ys[k - 1]
-            state = stepper.restart(state, y)
-            if time_grads is not None:
-                state = record_time_gradient(k - 1, state)
+    try:
+        for k in range(K, 0, -1):
+            hook = None if on_step is None else (lambda step, k=k: on_step(stepper, step, k))
+            for where in jumps:
+                if bounds[K - k] < where < bounds[K - k + 1]:
+                    target = torch.tensor(where, dtype=s.dtype, device=s.device)
+                    state, _ = advance(stepper, state, target, counts, on_step=hook, land=True)
+                    state = jump_term(state, where)
+            state, _ = advance(stepper, state, s[K - k + 1], counts, on_step=hook, land=True)
+            if on_interval is not None:
+                on_interval(stepper, k, state)
+            if k > 1:
+                if jumps and bounds[K - k + 1] in jumps:
+                    state = jump_term(state, bounds[K - k + 1])
+                y = state.y.clone()
+                y[:n] = ys[k - 1]
+                y[n : 2 * n] += grad_ys[k - 1]
+                state = stepper.restart(state, y)
+                if time_grads is not None:
+                    state = record_time_gradient(k - 1, state)
+    except SolveError as error:  # the same error, saying why a backward solve can fail
+        raise type(error)(f"{error} {_BACKWARD_HINT}") from error
     if time_grads is not None and carries_a_t:
         time_grads[0] = state.y[-1]
     add_backward_counts(stepper)
     return Backsolve(state.y, time_grads, field.nfe + extra["nfe"], counts, stepper, extra["g"])
+
+
+#: Said with every error of a backward solve: why it can fail where the forward did not.
+_BACKWARD_HINT = (
+    "(This happened in the backward solve, which integrates z back from the last output time: "
+    "where the forward dynamics contract fast (a stiff field, rates far left of zero) z grows "
+    "like e^(|λ|·t) backwards and the solve cannot follow it. Direct() and ACA() differentiate "
+    "the forward's own steps and never solve z backwards; use one of them here.)"
+)
 
 
 #: The stats of the solve whose ``backward()`` is running (set by the autograd shell), where

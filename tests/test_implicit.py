@@ -283,3 +283,29 @@ def test_float32_and_tuple_states_and_decreasing_times():
     sol = op.solve(op.ODEProblem(f, y0, ts), op.Kvaerno4(rtol=1e-5, atol=1e-6), op.Direct())
     assert sol.ys[0].dtype == torch.float32 and sol.ys[1].shape == (3, 2)
     assert torch.allclose(sol.ys[1][-1], torch.full((2,), np.e, dtype=torch.float32), rtol=1e-4)
+
+
+def test_a_backward_solve_that_cannot_follow_z_says_which_rules_can():
+    """The bench's stiff neural ODE (rates 1 to 10⁴ plus a small MLP): Kvaerno5 solves it
+    forwards, but a continuous adjoint integrates z backwards, where it grows like e^(10⁴ t):
+    the error says so and names Direct and ACA, whose gradients agree."""
+    from odeplug_implicit._bench import _StiffNeuralODE
+
+    torch.manual_seed(0)
+    model = _StiffNeuralODE(8, 16)
+    y0 = torch.randn(2, 8, dtype=torch.float64)
+    solver = op.Kvaerno5(rtol=1e-5, atol=1e-7, jacobian="batched")
+
+    def gradient(rule):
+        model.zero_grad()
+        problem = op.ODEProblem(model, y0, torch.tensor([0.0, 1.0], dtype=torch.float64))
+        (op.solve(problem, solver, rule).ys[-1] ** 2).mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    # The backward solve by Dopri5, whose stiffness test stops it in about a second (Kvaerno5
+    # takes tens of seconds to find that its steps underflow).
+    backward = op.Dopri5(rtol=1e-5, atol=1e-7, stiff_steps=200)
+    with pytest.raises(op.SolveError, match=r"backward solve.*Direct\(\) and ACA\(\)"):
+        gradient(op.Adjoint(solver=backward))
+    for direct, aca in zip(gradient(op.Direct()), gradient(op.ACA())):
+        torch.testing.assert_close(aca, direct, rtol=1e-8, atol=1e-12)
