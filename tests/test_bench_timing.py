@@ -282,6 +282,8 @@ def test_overhead_reports_the_loop_over_its_bare_evaluations_with_the_peers(tmp_
     assert forward["nfe"] == forward["nfe_torchdiffeq"]  # the same steps as torchdiffeq
     assert compiled["nfe"] == forward["nfe"]  # the compiled path takes the same steps
     assert compiled["compile_s"] > 0
+    for row in (forward, compiled):  # the loop's own cost per attempt, from the same rounds
+        _assert_spread(row, "stepping_us")
     for row in rows:
         for key in ("loop_over_evaluations", "vs_torchdiffeq", "odeplug_s"):
             _assert_spread(row, key)

@@ -32,7 +32,8 @@ _DIM, _BATCH = 4, 16
 
 @task("overhead", "loop cost over bare evaluations (Dopri5 forward, eager and compiled; Adjoint "
       "backward); vs torchdiffeq and torchode",
-      columns={"compile_s": "the compiled route's first solve (its compilation), s"})
+      columns={"compile_s": "the compiled route's first solve (its compilation), s",
+               "stepping_us": "the loop's own cost per attempted step, µs: (solve − bare evaluations) / attempts"})
 def overhead(options: BenchOptions) -> list[dict[str, Any]]:
     import torchdiffeq
 
@@ -71,7 +72,9 @@ def overhead(options: BenchOptions) -> list[dict[str, Any]]:
         with torch.no_grad():
             return odeplug.solve(odeplug.ODEProblem(counted, y0, ts), solver)
 
-    nfe = ours_forward().stats["nfe"]
+    probe_stats = ours_forward().stats
+    nfe = probe_stats["nfe"]
+    attempts = probe_stats["steps_accepted"] + probe_stats["steps_rejected"]
 
     def bare_forward() -> None:
         with torch.no_grad():
@@ -154,11 +157,18 @@ def overhead(options: BenchOptions) -> list[dict[str, Any]]:
     def ratio(route: str, a: str, b: str) -> list[float]:
         return [x / y for x, y in zip(samples[(route, a)], samples[(route, b)])]
 
+    def stepping(name: str) -> list[float]:
+        """The loop's own cost per attempted step, µs: the solve minus its bare evaluations,
+        round by round (the same NFE, so what is left is stages, control, dense output)."""
+        pairs = zip(samples[("forward", name)], samples[("forward", "bare evaluations")])
+        return [(x - y) / attempts * 1e6 for x, y in pairs]
+
     forward_row: dict[str, Any] = {
         "route": "Dopri5 forward", "width": width, "nfe": nfe, "nfe_torchdiffeq": nfe_torchdiffeq,
         **spread("loop_over_evaluations", ratio("forward", "odeplug", "bare evaluations")),
         **spread("vs_torchdiffeq", ratio("forward", "odeplug", "torchdiffeq")),
         **spread("odeplug_s", samples[("forward", "odeplug")]),
+        **spread("stepping_us", stepping("odeplug")),
     }
     if torchode_forward is not None:
         forward_row.update(spread("vs_torchode", ratio("forward", "odeplug", "torchode")))
@@ -168,6 +178,7 @@ def overhead(options: BenchOptions) -> list[dict[str, Any]]:
         **spread("loop_over_evaluations", ratio("forward", "odeplug compiled", "bare evaluations")),
         **spread("vs_torchdiffeq", ratio("forward", "odeplug compiled", "torchdiffeq")),
         **spread("odeplug_s", samples[("forward", "odeplug compiled")]),
+        **spread("stepping_us", stepping("odeplug compiled")),
         "compile_s": compile_s,
     }
     if torchode_forward is not None:
