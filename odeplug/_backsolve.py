@@ -86,6 +86,11 @@ def backward_solver(forward: Solver, rule: BacksolveRule) -> Solver:
                 f"solver=Dopri5(...) to {name}."
             )
         changes[option] = value
+    # The adjoint system's evaluations call torch.autograd.grad, which torch.compile cannot
+    # trace: a compiled forward solver's backward solve runs eagerly (one given as the rule's
+    # solver= keeps what it says).
+    if rule.solver is None and getattr(solver, "compile", False):
+        changes["compile"] = False
     # A per-element tolerance is shaped for the forward state, not the augmented one: the
     # backward solve uses its smallest element (unless the rule sets its own).
     for option in ("rtol", "atol"):

@@ -45,7 +45,8 @@ def field() -> Field:
     return Field().double()
 
 
-@pytest.mark.parametrize("rule", [odeplug.Direct(), odeplug.ACA()], ids=["Direct", "ACA"])
+@pytest.mark.parametrize("rule", [odeplug.Direct(), odeplug.ACA(), odeplug.Adjoint()],
+                         ids=["Direct", "ACA", "Adjoint"])
 def test_compiled_dopri5_matches_eager(field: Field, rule: odeplug.GradientRule) -> None:
     eager = _solve_and_grad(odeplug.Dopri5(rtol=1e-6, atol=1e-8), rule, field)
     compiled = _solve_and_grad(odeplug.Dopri5(rtol=1e-6, atol=1e-8, compile=True), rule, field)
@@ -78,6 +79,16 @@ def test_compiled_fixed_step_matches_eager_and_the_closed_form() -> None:
     zT = 2.0 * math.exp(0.3 * 1.5)
     assert float(ys[-1, 0]) == pytest.approx(zT, rel=1e-8)
     assert float(grad) == pytest.approx(2 * 1.5 * zT**2, rel=1e-7)
+
+
+def test_a_continuous_adjoints_backward_solve_runs_eagerly() -> None:
+    """The adjoint system calls torch.autograd.grad, which torch.compile cannot trace: the
+    backward solve of a compiled forward solver is the eager one."""
+    from odeplug._backsolve import backward_solver
+
+    forward = odeplug.Dopri5(compile=True)
+    assert backward_solver(forward, odeplug.Adjoint()).compile is False
+    assert backward_solver(forward, odeplug.Adjoint(solver=forward)).compile is True
 
 
 def test_a_second_solve_reuses_the_compiled_step(field: Field) -> None:
