@@ -293,3 +293,24 @@ def test_overhead_reports_the_loop_over_its_bare_evaluations_with_the_peers(tmp_
         assert "vs_torchode" not in forward
     else:
         _assert_spread(forward, "vs_torchode")
+
+
+def test_compiled_task_runs_each_rule_eager_and_compiled_beside_diffrax_or_says_why(tmp_path):
+    """sines with and without compile=True, interleaved: the same NFE and loss either way, the
+    compilation reported apart; diffrax's row is measured when jax and diffrax are installed,
+    and otherwise says what to install."""
+    from odeplug.bench._compiled import diffrax_missing
+
+    rows = _run(tmp_path, "compiled", "--epochs", "2", "--widths", "2", "--rules", "Direct",
+                "--threads", "1")["rows"]
+    by_rule = {row["rule"]: row for row in rows}
+    eager, compiled = by_rule["Direct"], by_rule["Direct compiled"]
+    assert compiled["nfe_forward"] == eager["nfe_forward"]
+    assert compiled["final_loss"] == pytest.approx(eager["final_loss"], rel=1e-4)
+    assert compiled["first_step_s"] > 0
+    missing = diffrax_missing()
+    if missing is None:
+        _assert_spread(compiled, "vs_diffrax")
+        assert by_rule["diffrax"]["final_loss"] == pytest.approx(eager["final_loss"], rel=1e-2)
+    else:
+        assert "pip install jax diffrax equinox optax" in by_rule["diffrax"]["skipped"]
