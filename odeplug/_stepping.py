@@ -78,9 +78,7 @@ class VectorField(Noun):
             if primed[0] is y:
                 return primed[1]
         self.nfe += 1
-        if self.direction > 0:
-            return self.fn(s, y)
-        return -self.fn(-s, y)
+        return self.uncounted(s, y)
 
     def uncounted(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """F(s, y) without counting it or consulting :meth:`prime`: for compiled code, which

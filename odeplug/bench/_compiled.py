@@ -117,24 +117,7 @@ class DiffraxSinesTrainer:
         self.loss, self.steps = float(value), int(steps)
 
     def result(self) -> dict[str, Any]:
-        return {**spread("step_s", self.step_times), "first_step_s": self.first_step_s,
-                "steps": self.steps, "final_loss": self.loss}
-
-
-class _TimedFirstStep(SinesTrainer):
-    """A :class:`SinesTrainer` that keeps its first (warm-up) step's time: the compilation for
-    the compiled path."""
-
-    first_step_s: float | None = None
-
-    def step(self, timed: bool = True) -> None:
-        start = time.perf_counter()
-        super().step(timed)
-        if not timed and self.first_step_s is None:
-            self.first_step_s = time.perf_counter() - start
-
-    def result(self) -> dict[str, Any]:
-        return {**super().result(), "first_step_s": self.first_step_s}
+        return {**spread("step_s", self.step_times), "steps": self.steps, "final_loss": self.loss}
 
 
 @task("compiled", "sines with and without compile=True, beside diffrax (JAX) when installed",
@@ -157,9 +140,8 @@ def compiled(options: BenchOptions) -> list[dict[str, Any]]:
             trainers: dict[str, Any] = {}
             for name, rule in rules.items():
                 for label, compile_ in ((name, False), (f"{name} compiled", True)):
-                    trainer = _TimedFirstStep(rule, width, tol, options.seed, device=options.device, data=data)
-                    trainer.solver = type(trainer.solver)(rtol=tol, atol=tol, compile=compile_)
-                    trainers[label] = trainer
+                    trainers[label] = SinesTrainer(rule, width, tol, options.seed, device=options.device,
+                                                   data=data, compile=compile_)
             if missing is None:
                 torch.manual_seed(options.seed)  # the weights every SinesTrainer starts from
                 trainers[_DIFFRAX] = DiffraxSinesTrainer(SecondOrderField(width), data, tol, width)
@@ -167,7 +149,8 @@ def compiled(options: BenchOptions) -> list[dict[str, Any]]:
                 trainers[label].step(timed=epoch > 0)
                 bar.update(1)
             for label, trainer in trainers.items():
-                row = {"rule": label, "width": width, **trainer.result()}
+                row = {"rule": label, "width": width, **trainer.result(),
+                       "first_step_s": trainer.first_step_s}
                 if missing is None:
                     reference = trainers[_DIFFRAX].step_times
                     row.update(spread("vs_diffrax", (a / b for a, b in zip(trainer.step_times, reference))))

@@ -89,10 +89,12 @@ def analytic_gradient_error(rule: Any, T: float = 24.0, tol: float = 1e-8, devic
 
 class SinesTrainer:
     """One rule training its own model (seeded: every rule starts from the same one) on the
-    sines data; :meth:`step` is one timed training step (solve, loss, backward, Adam)."""
+    sines data; :meth:`step` is one timed training step (solve, loss, backward, Adam).
+    ``compile`` is Dopri5's (the compiled path); ``first_step_s`` keeps the first untimed
+    step's time (a warm-up, or the compilation)."""
 
     def __init__(self, rule: Any, width: int, tol: float, seed: int, times: int = 50,
-                 device: str = "cpu", data: SinesData | None = None) -> None:
+                 device: str = "cpu", data: SinesData | None = None, compile: bool = False) -> None:  # noqa: A002
         import odeplug
 
         self.rule, self.device = rule, device
@@ -102,8 +104,9 @@ class SinesTrainer:
         # Fused Adam: the update in one kernel, as optax's is under jit (the optimiser is not
         # what the task compares; its eager loop would add ~0.3 ms to every rule's step).
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=learning_rate(width), fused=True)
-        self.solver = odeplug.Dopri5(rtol=tol, atol=tol)
+        self.solver = odeplug.Dopri5(rtol=tol, atol=tol, compile=compile)
         self.step_times: list[float] = []
+        self.first_step_s: float | None = None
         self.forward_nfe: list[int] = []
         self.backward_nfe: list[int | None] = []
         self.loss = float("nan")
@@ -122,6 +125,8 @@ class SinesTrainer:
         _sync(self.device)
         if timed:
             self.step_times.append(time.perf_counter() - start)
+        elif self.first_step_s is None:
+            self.first_step_s = time.perf_counter() - start
         self.forward_nfe.append(sol.stats["nfe"])
         self.backward_nfe.append(sol.stats.get("nfe_backward"))
         self.loss = float(loss.detach())

@@ -75,7 +75,8 @@ class RungeKuttaStepper(Stepper):
         options ``dt``, ``grid``, ``interpolation`` and ``perturb`` are :class:`FixedStep`'s;
         ``compile`` is the solvers' (see :func:`compiled_step`)."""
         self.field = field
-        self.stiff_steps = stiff_steps if (dt is None if adaptive is None else adaptive) else None
+        self.adaptive = dt is None if adaptive is None else adaptive
+        self.stiff_steps = stiff_steps if self.adaptive else None
         self._stiff_run = self._calm_run = 0
         self._stiff_limit = 0.98 * tableau.real_stability_limit
         self._compiled = bool(compile)
@@ -90,7 +91,6 @@ class RungeKuttaStepper(Stepper):
             self._run_trial = RungeKuttaStepper._trial
             self._run_stages = RungeKuttaStepper._stages
             self._run_initial_step = RungeKuttaStepper._initial_step
-        self.adaptive = dt is None if adaptive is None else adaptive
         self.grid = grid
         self.linear = interpolation == "linear"
         self.perturb = perturb and not self.adaptive
@@ -130,18 +130,14 @@ class RungeKuttaStepper(Stepper):
             # (error / tolerance) overflows its 65504 long before the solve is in trouble.
             edtype = self._error_dtype = torch.promote_types(y0.dtype, torch.float32)
             like = y0.detach().to(edtype)
-            check_precision(self.rtol, y0.dtype)
             self._norm_fn = odeplug.resolve_norm(self._norm, like, self.layout)
             # Per-element tolerances are broadcast to the flat state once per solve.
             self._rtol = flat_tolerance("rtol", self.rtol, self.layout, like)
             self._atol = flat_tolerance("atol", self.atol, self.layout, like)
+            check_precision(self._rtol, y0.dtype)
             error_coef = self.tableau.tensors(edtype, y0.device)
             self._b_error = error_coef["b_error"]
-            # Y_s − Y_(s−1) = h Σ_j (a_sj − a_(s−1)j) k_j, the gap between the last two stage
-            # inputs, and k_s − k_(s−1), their slopes' gap: the stiffness estimate (_trial).
-            slope_gap = torch.zeros_like(error_coef["a"][-1])
-            slope_gap[-2:] = torch.tensor([-1.0, 1.0], dtype=edtype)
-            self._stage_gap = torch.stack([error_coef["a"][-1] - error_coef["a"][-2], slope_gap])
+            self._stage_gap = error_coef.get("stage_gaps")
         if self._stops is not None:
             self._stops = self._stops.to(y0.device)
         if self._jumps is not None:
@@ -527,14 +523,15 @@ def compiled_step(method: str, mode: str | None) -> Callable[..., tuple[torch.Te
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def check_precision(rtol, dtype: torch.dtype) -> None:  # noqa: ANN001
-    """Warn (:class:`odeplug.PrecisionWarning`) when ``rtol`` is below 100 × the machine epsilon
-    of a float16 or bfloat16 state: steps then add increments the dtype rounds away, and the
-    solve stalls at a wrong answer (bfloat16, y' = −y at rtol 1e-7: y(1) = 0.996, not 0.368)."""
+def check_precision(rtol: float | torch.Tensor, dtype: torch.dtype) -> None:
+    """Warn (:class:`odeplug.PrecisionWarning`) when ``rtol`` (as :func:`flat_tolerance` gives
+    it) is below 100 × the machine epsilon of a float16 or bfloat16 state: steps then add
+    increments the dtype rounds away, and the solve stalls at a wrong answer (bfloat16,
+    y' = −y at rtol 1e-7: y(1) = 0.996, not 0.368)."""
     if dtype not in _LOW_PRECISION:
         return
     smallest = 100 * torch.finfo(dtype).eps
-    low = min(_flat_values(rtol))
+    low = rtol if isinstance(rtol, float) else float(rtol.min())
     if low < smallest:
         import warnings
 
@@ -544,15 +541,6 @@ def check_precision(rtol, dtype: torch.dtype) -> None:  # noqa: ANN001
             f"wrong answer. Use rtol >= {smallest:.4g}, or solve in float32 and cast the result.",
             odeplug.PrecisionWarning, stacklevel=4,
         )
-
-
-def _flat_values(value) -> list[float]:  # noqa: ANN001
-    """The numbers of a tolerance: a number, an ElementwiseTolerance, or a tuple of those."""
-    if isinstance(value, (int, float)):
-        return [float(value)]
-    if hasattr(value, "values"):
-        return list(value.values)
-    return [v for item in value for v in _flat_values(item)]
 
 
 def flat_tolerance(name: str, value, layout: Layout, like: torch.Tensor):  # noqa: ANN001

@@ -78,7 +78,8 @@ class ButcherTableau:
     def tensors(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
         """The coefficients as tensors, built once per tableau, dtype and device (shared by
         every solve, which only reads them): ``a``, ``b``, ``c``, ``dense`` (and ``b_error``),
-        and ``dense_exponents`` 1, …, degree for evaluating the dense output's polynomials."""
+        ``dense_exponents`` 1, …, degree for evaluating the dense output's polynomials, and
+        ``stage_gaps`` (2, s) for the stiffness estimate."""
         return _tensors(self, dtype, device)
 
     def _build_tensors(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
@@ -96,6 +97,12 @@ class ButcherTableau:
         }
         if self.b_error is not None:
             out["b_error"] = torch.tensor(self.b_error, dtype=torch.float64)
+        if s >= 2:
+            # The stiffness estimate's rows: a_s − a_(s−1), the gap between the last two stage
+            # inputs (over h), and (0, …, −1, 1), the gap between their slopes.
+            slopes = torch.zeros(s, dtype=torch.float64)
+            slopes[-2:] = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+            out["stage_gaps"] = torch.stack([a[-1] - a[-2], slopes])
         return {k: v.to(dtype=dtype, device=device) for k, v in out.items()}
 
 
