@@ -42,7 +42,7 @@ from ._plugins import PluginInfo, PluginLoadWarning, export, plugins
 from ._problem import ODEProblem, Problem
 from ._solution import Solution, Stats
 from ._solve import reject_options, solve
-from ._stepping import Counts, Step, Stepper, StepState, VectorField, advance
+from ._stepping import Counts, Step, Stepper, StepState, VectorField, advance, exact_gap
 from ._integrate import integrate, solve_forward, solver_times
 from ._verbs import (
     augment, bind_norm, controlled, exact_degree, first_order, interpolate, make_stepper, norm,
@@ -89,7 +89,7 @@ __all__ = [
     "order", "exact_degree", "interpolate", "controlled", "first_order", "augment",
     "solve_until_event", "configuration", "final", "reject_options",
     # the stepping contract
-    "Layout", "Block", "VectorField", "Stepper", "StepState", "Step", "Counts", "advance",
+    "Layout", "Block", "VectorField", "Stepper", "StepState", "Step", "Counts", "advance", "exact_gap",
     "integrate", "solve_forward", "solve_forward_until_event", "solver_times",
     # errors
     "OdeplugError", "InvalidArgumentError", "InvalidOptionError", "UnsupportedCombinationError",

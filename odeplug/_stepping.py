@@ -18,7 +18,7 @@ import torch
 from ._errors import NonFiniteStateError, StepBudgetExhaustedError, StepSizeUnderflowError
 from ._nouns import Noun, final
 
-__all__ = ["VectorField", "StepState", "Step", "Stepper", "Counts", "advance"]
+__all__ = ["VectorField", "StepState", "Step", "Stepper", "Counts", "advance", "exact_gap"]
 
 
 @final
@@ -291,6 +291,17 @@ def _accepted(counts: Counts, status: tuple[bool, ...], step: Step,
         counts.forced += 1
     stop = on_step is not None and on_step(step)
     return bool(stop) or reached
+
+
+def exact_gap(t0: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+    """``limit − t0``, its value nudged so that ``t0 + gap == limit`` in floating point (a step of
+    that size lands there, and ``step_from(t0, y0, gap)`` too), its derivative that of
+    ``limit − t0``: how every stepper shortens a step to land on a time (rule 2a)."""
+    gap = limit - t0
+    g = gap.detach()
+    t0d, lim = t0.detach(), limit.detach()
+    g = torch.where(t0d + g == lim, g, g + (lim - (t0d + g)))
+    return g + (gap - gap.detach())
 
 
 def _check_budget(

@@ -47,7 +47,7 @@ import math
 import torch
 
 import odeplug
-from odeplug import Layout, Step, Stepper, StepState, VectorField, final
+from odeplug import Layout, Step, Stepper, StepState, VectorField, exact_gap, final
 
 from ._linear import (
     BlockJacobian, BlockSolve, DenseJacobian, DenseSolve, FrozenPoint, KrylovSolve, Work, state_columns,
@@ -264,7 +264,7 @@ class ImplicitStepper(Stepper):
         t0, y0, f0, proposed = state
         if land:
             shortened = t0 + proposed > t_target
-            h = torch.where(shortened, _exact_gap(t0, t_target), proposed)
+            h = torch.where(shortened, exact_gap(t0, t_target), proposed)
         else:
             shortened = torch.zeros((), dtype=torch.bool, device=t0.device)
             h = proposed
@@ -365,15 +365,6 @@ class ImplicitStepper(Stepper):
               replay: list[int] | None, tight: bool, solver=None):  # noqa: ANN001, ANN202
         """The step's stages: (y1, stage rows for the dense output (first row F(t0, y0)),
         error estimate (no graph), (solver used, Newton iterations per solve, largest rate))."""
-
-
-def _exact_gap(t0: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
-    """``limit − t0`` nudged so that ``t0 + gap == limit`` in floating point, with the
-    derivative of ``limit − t0``."""
-    gap = limit - t0
-    g, t0d, lim = gap.detach(), t0.detach(), limit.detach()
-    g = torch.where(t0d + g == lim, g, g + (lim - (t0d + g)))
-    return g + (gap - gap.detach())
 
 
 def _hermite(theta: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor,

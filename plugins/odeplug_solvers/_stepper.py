@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 import odeplug
-from odeplug import Layout, Step, Stepper, StepState, VectorField, final
+from odeplug import Layout, Step, Stepper, StepState, VectorField, exact_gap, final
 
 from ._tableau import ButcherTableau
 
@@ -600,17 +600,6 @@ def unprimed(y0: torch.Tensor) -> torch.Tensor:
     a rule may have primed F at the initial time itself (VectorField.prime matches the state
     tensor only), and with perturb the first stage is at the float after it."""
     return y0.view_as(y0)
-
-
-def exact_gap(t0: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
-    """``limit − t0``, its value nudged so that ``t0 + gap == limit`` in floating point (a step of
-    that size lands there, and ``step_from(t0, y0, gap)`` too), its derivative that of
-    ``limit − t0``."""
-    gap = limit - t0
-    g = gap.detach()
-    t0d, lim = t0.detach(), limit.detach()
-    g = torch.where(t0d + g == lim, g, g + (lim - (t0d + g)))
-    return g + (gap - gap.detach())
 
 
 def fixed_step_end(
